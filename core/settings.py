@@ -1,0 +1,70 @@
+"""Settings for every Lishui process, from the environment (prefix ``LISHUI_``) or a ``.env`` file.
+
+Nested groups use a double underscore: ``LISHUI_DB__DSN``, ``LISHUI_MQTT__HOST``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseModel):
+    dsn: str = "postgresql://postgres@127.0.0.1:5432/lishui"
+    pool_min: int = Field(1, ge=1)
+    pool_max: int = Field(8, ge=1)
+    # Raw telemetry older than this is dropped by the retention job (rollups are kept longer).
+    retention_days: int = Field(90, ge=1)
+    rollup_retention_days: int = Field(3650, ge=1)
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+
+
+class GatewaySettings(BaseModel):
+    # Directory holding the gateway's on-disk state (command holds, later the outage spool).
+    state_dir: str = ".lishui/gateway"
+    request_timeout_s: float = Field(1.0, gt=0)
+    max_backoff_s: float = Field(30.0, gt=0)
+
+
+class IngestSettings(BaseModel):
+    share_group: str = "ingest"
+    batch_max_rows: int = Field(20_000, ge=1)
+    batch_max_delay_s: float = Field(0.5, gt=0)
+    rollup_interval_s: float = Field(5.0, gt=0)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LISHUI_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    db: DatabaseSettings = DatabaseSettings()
+    mqtt: MqttSettings = MqttSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+    # Root of the topic tree; tests give each run its own so runs never see each other's traffic.
+    topic_root: str = "lishui"
+    log_level: str = "INFO"
+    log_json: bool = True
+    # 0 disables a service's Prometheus endpoint; each service adds its own offset to this base.
+    metrics_port: int = 0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
