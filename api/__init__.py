@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): registry, latest values and time series. ``api.app.create_app`` builds it."""

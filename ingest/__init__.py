@@ -1,0 +1,1 @@
+"""Ingest: MQTT telemetry and status -> TimescaleDB, exactly once per reading (see ingest.service)."""

@@ -1,0 +1,80 @@
+"""Flexible industrial load: a daily production profile, minus a curtailment setpoint, above a floor.
+
+Power > 0 is consumption. Curtailment takes power off the profile but never below the process floor
+(furnaces kept warm, safety systems); ``curtailment_w`` reports what is really held back.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from simulators.physics.profiles import SHAPES, local_hour, shape_value, weekend_factor
+from simulators.physics.randomness import MeanRevertingWalk
+
+MAX_SUBSTEP_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class FlexLoadParams:
+    rated_w: float  # peak consumption of the profile
+    shape: str = "two_shift"
+    floor_w: float | None = None  # default: 35 % of rated
+    max_curtailable_w: float | None = None  # default: 40 % of rated
+    power_factor: float = 0.90
+    nominal_v: float = 230.0
+    noise: float = 0.02
+    seed: int = 0
+    energy_wh: float = 0.0
+
+    @property
+    def floor(self) -> float:
+        return self.floor_w if self.floor_w is not None else 0.35 * self.rated_w
+
+    @property
+    def max_curtailable(self) -> float:
+        return self.max_curtailable_w if self.max_curtailable_w is not None else 0.40 * self.rated_w
+
+
+class FlexLoadPhysics:
+    def __init__(self, p: FlexLoadParams) -> None:
+        if p.shape not in SHAPES:
+            raise ValueError(f"unknown load shape {p.shape!r}")
+        self.p = p
+        self._noise = MeanRevertingWalk(0.0, p.noise, 120.0, -3 * p.noise, 3 * p.noise, random.Random(p.seed))
+        self.setpoint_w = 0.0  # curtailment asked for
+        self.baseline_w = 0.0
+        self.power_w = 0.0
+        self.energy_wh = p.energy_wh
+        self._idle_w = min(v for _, v in SHAPES[p.shape]) * p.rated_w
+
+    @property
+    def curtailment_w(self) -> float:
+        return max(0.0, self.baseline_w - self.power_w)
+
+    @property
+    def state(self) -> int:
+        """0 idle (no production: only the base load), 1 producing, 2 curtailed."""
+        if self.curtailment_w > 0.5:
+            return 2
+        return 0 if self.baseline_w <= self._idle_w * 1.05 else 1
+
+    def step(self, now: datetime, dt_s: float) -> None:
+        remaining = max(0.0, dt_s)
+        while True:
+            h = min(remaining, MAX_SUBSTEP_S)
+            remaining -= h
+            self._noise.step(h)
+            before = self.power_w
+            self._update(now - timedelta(seconds=remaining))
+            self.energy_wh += (before + self.power_w) / 2.0 * h / 3600.0
+            if remaining <= 0:
+                break
+
+    def _update(self, ts: datetime) -> None:
+        p = self.p
+        self.baseline_w = p.rated_w * shape_value(p.shape, local_hour(ts)) * weekend_factor(ts, p.shape)
+        self.baseline_w *= 1.0 + self._noise.value
+        curtail = max(0.0, min(self.setpoint_w, p.max_curtailable))
+        self.power_w = max(self.baseline_w - curtail, min(self.baseline_w, p.floor))
