@@ -60,7 +60,7 @@ def ceil_bucket(ts: datetime, width: timedelta) -> datetime:
 
 async def _all(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)  # type: ignore[arg-type]  # composed at import time, not from input
+        await cur.execute(sql, params)
         return await cur.fetchall()
 
 
@@ -88,8 +88,7 @@ async def list_sites(
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"town": town, "tenant": tenant, "limit": limit, "offset": offset}
     sql = (
-        _SITE_SELECT
-        + f" WHERE {_visible(scope, params)}"
+        _SITE_SELECT + f" WHERE {_visible(scope, params)}"
         " AND (%(town)s::text IS NULL OR tw.key = %(town)s)"
         " AND (%(tenant)s::text IS NULL OR te.key = %(tenant)s)"
         " ORDER BY s.key LIMIT %(limit)s OFFSET %(offset)s"
@@ -122,11 +121,15 @@ async def list_devices(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     params: dict[str, Any] = {
-        "site": site, "kind": kind, "status": status, "lifecycle": lifecycle, "limit": limit, "offset": offset,
+        "site": site,
+        "kind": kind,
+        "status": status,
+        "lifecycle": lifecycle,
+        "limit": limit,
+        "offset": offset,
     }
     sql = (
-        _DEVICE_SELECT
-        + f" WHERE {_visible(scope, params)}"
+        _DEVICE_SELECT + f" WHERE {_visible(scope, params)}"
         " AND (%(site)s::text IS NULL OR s.key = %(site)s)"
         " AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)"
         " AND (%(status)s::text IS NULL OR d.status = %(status)s)"
@@ -213,7 +216,8 @@ def plan_series(bucket: str, start: datetime, end: datetime) -> SeriesPlan:
     plan = SeriesPlan(width, plan_start, plan_end, rollup)
     if plan.points > MAX_POINTS:
         raise InvalidQuery(
-            f"{plan.points} buckets of {bucket} between start and end; at most {MAX_POINTS}: ask for a larger bucket"
+            f"{plan.points} buckets of {bucket} between start and end; at most {MAX_POINTS}:"
+            " ask for a larger bucket"
         )
     return plan
 
@@ -229,20 +233,30 @@ async def series(
     refresh is doing.
     """
     params: dict[str, Any] = {
-        "width": plan.width, "start": plan.start, "end": plan.end, "device_id": device_id, "metric_id": metric_id,
+        "width": plan.width,
+        "start": plan.start,
+        "end": plan.end,
+        "device_id": device_id,
+        "metric_id": metric_id,
     }
     raw_part = f"""
         SELECT time_bucket(%(width)s, t.ts) AS ts, {_RAW_AGG[agg]} AS value
         FROM telemetry t, cut
         WHERE t.device_id = %(device_id)s AND t.metric_id = %(metric_id)s
-          AND t.ts >= greatest(%(start)s, cut.at) AND t.ts < %(end)s
+          AND t.ts >= %(start)s AND t.ts >= cut.at AND t.ts < %(end)s
         GROUP BY 1"""
     if plan.rollup is None:
-        sql = f"WITH cut AS (SELECT '-infinity'::timestamptz AS at) SELECT ts, value, NULL::timestamptz AS cut FROM ({raw_part}) raw ORDER BY ts"
+        sql = (
+            "WITH cut AS (SELECT '-infinity'::timestamptz AS at)"
+            f" SELECT ts, value, NULL::timestamptz AS cut FROM ({raw_part}) raw ORDER BY ts"
+        )
     else:
         dirty = "SELECT min(bucket) FROM rollup_dirty_1m WHERE device_id = %(device_id)s"
         if plan.rollup == "telemetry_15m":
-            dirty = f"SELECT least(({dirty}), (SELECT min(bucket) FROM rollup_dirty_15m WHERE device_id = %(device_id)s))"
+            dirty = (
+                f"SELECT least(({dirty}),"
+                " (SELECT min(bucket) FROM rollup_dirty_15m WHERE device_id = %(device_id)s))"
+            )
         sql = f"""
         WITH cut AS (
             SELECT coalesce(time_bucket(%(width)s, ({dirty})), 'infinity'::timestamptz) AS at
@@ -253,7 +267,8 @@ async def series(
               AND r.bucket >= %(start)s AND r.bucket < least(%(end)s, cut.at)
             GROUP BY 1
         ), raw AS ({raw_part})
-        SELECT x.ts, x.value, nullif(cut.at, 'infinity') AS cut FROM (SELECT * FROM rolled UNION ALL SELECT * FROM raw) x, cut
+        SELECT x.ts, x.value, nullif(cut.at, 'infinity') AS cut
+        FROM (SELECT * FROM rolled UNION ALL SELECT * FROM raw) x, cut
         ORDER BY x.ts
         """
     rows = await _all(conn, sql, params)

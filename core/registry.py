@@ -40,7 +40,7 @@ class RegistryError(LookupError):
     """A reference to a tenant, town or site that does not exist."""
 
 
-class DeviceConflict(Exception):  # noqa: N818 - a domain outcome, not a programming error
+class DeviceConflict(Exception):
     """The device key is registered under another site than the one the message came from."""
 
     def __init__(self, site_key: str, device_key: str, registered_site: str) -> None:
@@ -159,8 +159,9 @@ async def upsert_device(
     cols = ("site_id", "kind", "profile", "vendor", "model", "rated_power_w", "tier", "lifecycle")
     return await _upsert(
         conn,
-        "INSERT INTO devices AS d (key, site_id, kind, profile, vendor, model, rated_power_w, tier, lifecycle,"
-        " attributes) VALUES (%(key)s, %(site_id)s, %(kind)s, %(profile)s, %(vendor)s, %(model)s,"
+        "INSERT INTO devices AS d"
+        " (key, site_id, kind, profile, vendor, model, rated_power_w, tier, lifecycle, attributes)"
+        " VALUES (%(key)s, %(site_id)s, %(kind)s, %(profile)s, %(vendor)s, %(model)s,"
         " %(rated_power_w)s, %(tier)s, %(lifecycle)s, COALESCE(%(attributes)s::jsonb, '{}'::jsonb))"
         f" ON CONFLICT (key) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in cols)},"
         " attributes = COALESCE(%(attributes)s::jsonb, d.attributes)"
@@ -252,7 +253,9 @@ class DeviceResolver:
         return out
 
     @staticmethod
-    async def _lookup(cur: psycopg.AsyncCursor[tuple[Any, ...]], pairs: set[Pair]) -> dict[str, tuple[int, str]]:
+    async def _lookup(
+        cur: psycopg.AsyncCursor[tuple[Any, ...]], pairs: set[Pair]
+    ) -> dict[str, tuple[int, str]]:
         await cur.execute(
             "SELECT d.key, d.id, s.key FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.key = ANY(%s)",
             ([p[1] for p in pairs],),
@@ -281,6 +284,4 @@ class DeviceResolver:
             )
             if await cur.fetchone() is not None:
                 self.registered += 1
-                log.warning(
-                    "unregistered device discovered", extra={"site": site_key, "device": device_key}
-                )
+                log.warning("unregistered device discovered", extra={"site": site_key, "device": device_key})

@@ -17,7 +17,9 @@ RAW_TABLES = ("telemetry",)
 ROLLUP_TABLES = ("telemetry_1m", "telemetry_15m")
 
 
-async def refresh_rollups(conn: psycopg.AsyncConnection[Any], batch: int = 5_000, max_rounds: int = 1_000) -> int:
+async def refresh_rollups(
+    conn: psycopg.AsyncConnection[Any], batch: int = 5_000, max_rounds: int = 1_000
+) -> int:
     """Call ``refresh_rollups(batch)`` until it returns fewer than ``batch``; each call commits on its own
     (so a big backlog is worked off in short transactions). Returns the 1-minute buckets recomputed."""
     total = 0

@@ -2,8 +2,8 @@
 
 Flow::
 
-    paho thread ──► MqttSource buffer ──► collector (validate, batch) ──► queue ──► writer (one txn) ──► ack
-                                                                                  maintenance: rollups, retention
+    paho thread ─► MqttSource buffer ─► collector (validate, batch) ─► queue ─► writer (one txn) ─► ack
+                                                                  maintenance: rollups, retention
 
 - Telemetry comes from the shared subscription ``$share/{group}/{root}/v1/+/+/telemetry`` (QoS 1), so
   ingest scales by adding processes. Status comes from a plain subscription: shared subscriptions never
@@ -118,7 +118,9 @@ class IngestService:
         """Run until cancelled; on the way out the batches in hand are written (for at most
         ``drain_timeout_s``) and acknowledged; anything unwritten is redelivered by the broker later."""
         self._source.start()
-        log.info("ingest started", extra={"client_id": self._source.client_id, "root": self.settings.topic_root})
+        log.info(
+            "ingest started", extra={"client_id": self._source.client_id, "root": self.settings.topic_root}
+        )
         tasks = [
             asyncio.create_task(self._collect(), name="ingest-collect"),
             asyncio.create_task(self._write_loop(), name="ingest-write"),
@@ -234,7 +236,9 @@ class IngestService:
         if n_unknown:
             self._invalid("unknown_metric", f"not in the catalogue: {sorted(unknown)}", topic, n_unknown)
         if n_range:
-            self._invalid("ts_out_of_range", f"older than retention or more than {MAX_FUTURE} ahead", topic, n_range)
+            self._invalid(
+                "ts_out_of_range", f"older than retention or more than {MAX_FUTURE} ahead", topic, n_range
+            )
         return readings
 
     # -- writing ------------------------------------------------------------------------------------
@@ -282,7 +286,9 @@ class IngestService:
         if result.rejected_messages:
             m.INVALID.labels(reason="device_conflict").inc(result.rejected_messages)
             for c in result.conflicts:
-                self._bad.warning("device_conflict", "message rejected", detail=str(c), topic=f"{c.site_key}/{c.device_key}")
+                self._bad.warning(
+                    "device_conflict", "message rejected", detail=str(c), topic=f"{c.site_key}/{c.device_key}"
+                )
 
     # -- maintenance --------------------------------------------------------------------------------
 
@@ -295,7 +301,9 @@ class IngestService:
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
-                            self.settings.db.dsn, autocommit=True, application_name="lishui-ingest-maint",
+                            self.settings.db.dsn,
+                            autocommit=True,
+                            application_name="lishui-ingest-maint",
                             connect_timeout=5,
                         )
                     await maintenance.refresh_rollups(conn)

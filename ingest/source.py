@@ -95,7 +95,7 @@ class MqttSource:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s
         props.ReceiveMaximum = self._receive_maximum
         self._client.connect_async(
@@ -115,7 +115,7 @@ class MqttSource:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    async def get_many(self, max_items: int, timeout: float | None) -> list[Inbound]:
+    async def get_many(self, max_items: int, timeout: float | None) -> list[Inbound]:  # noqa: ASYNC109
         """Up to ``max_items`` buffered messages; waits up to ``timeout`` s (None: forever) for the first."""
         if not self._buffer:
             self._event.clear()
@@ -151,7 +151,9 @@ class MqttSource:
         self._event.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._buffer.append(Inbound(msg.topic, msg.payload, msg.qos, msg.mid, self._generation, msg.retain))
+        self._buffer.append(
+            Inbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation, msg.retain)
+        )
         if not self._wake_pending and self._loop is not None:
             self._wake_pending = True
             self._loop.call_soon_threadsafe(self._wake)
@@ -189,7 +191,9 @@ class MqttSource:
     ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
-            log.error("MQTT subscription refused", extra={"reasons": failed, "filters": list(self._subscriptions)})
+            log.error(
+                "MQTT subscription refused", extra={"reasons": failed, "filters": list(self._subscriptions)}
+            )
             return
         self._pending_subacks.discard(mid)
         if not self._pending_subacks and self._loop is not None:

@@ -111,7 +111,9 @@ class TelemetryWriter:
     """Owns one connection (reopened after failures). ``write`` raises on any database error and leaves
     retrying to the caller: nothing of a failed batch is committed."""
 
-    def __init__(self, dsn: str, resolver: DeviceResolver, *, application_name: str = "lishui-ingest") -> None:
+    def __init__(
+        self, dsn: str, resolver: DeviceResolver, *, application_name: str = "lishui-ingest"
+    ) -> None:
         self._dsn = dsn
         self._resolver = resolver
         self._application_name = application_name

@@ -8,31 +8,32 @@ from datetime import UTC, datetime, timedelta
 
 
 class SimClock:
-    """``now()`` = ``start`` + real time elapsed since creation x ``time_factor`` (+ manual advances).
+    """``now()`` = ``start`` + real time elapsed since creation x ``factor`` (+ manual advances).
 
-    ``time_factor=0`` freezes the clock; tests then move it with ``advance()``, so physics results do not
-    depend on how fast the machine is.
+    ``factor=0`` freezes the clock; tests then move it with ``advance()``, so physics results do not
+    depend on how fast the machine is. ``start`` defaults to the real present.
     """
 
-    def __init__(self, time_factor: float = 1.0, start: datetime | None = None) -> None:
-        if time_factor < 0:
-            raise ValueError("time_factor must be >= 0")
+    def __init__(self, factor: float = 1.0, start: datetime | None = None) -> None:
+        if factor < 0:
+            raise ValueError("factor must be >= 0")
         if start is not None and start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
-        self._factor = float(time_factor)
+        self._factor = float(factor)
         self._start = start.astimezone(UTC) if start is not None else datetime.now(UTC)
         self._t0 = time.monotonic()
         self._offset_s = 0.0
 
     @property
-    def time_factor(self) -> float:
+    def factor(self) -> float:
+        """Simulated seconds per real second."""
         return self._factor
 
-    @time_factor.setter
-    def time_factor(self, factor: float) -> None:
+    @factor.setter
+    def factor(self, factor: float) -> None:
         # Re-anchor so simulated time stays continuous across the change.
         if factor < 0:
-            raise ValueError("time_factor must be >= 0")
+            raise ValueError("factor must be >= 0")
         self._offset_s = self.elapsed_s()
         self._t0 = time.monotonic()
         self._factor = float(factor)

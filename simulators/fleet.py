@@ -11,23 +11,34 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, cast
 
 from simulators.clock import SimClock
 from simulators.devices.base import SimDevice
 from simulators.devices.factory import build_devices
 from simulators.modbus_server import DeviceServer
-from simulators.scenario import MODBUS_KINDS, Device, Scenario, Site, load_scenario
+from simulators.scenario import (
+    MODBUS_KINDS,
+    PROFILE_OF_KIND,
+    Device,
+    DeviceKind,
+    Scenario,
+    Site,
+    load_scenario,
+)
 
 START_BATCH = 100  # listeners opened concurrently
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
+    """Where a simulated device answers (a tuple, so endpoints sort and pickle)."""
+
     host: str
     port: int
     unit_id: int
 
-    def __str__(self) -> str:
+    @property
+    def address(self) -> str:
         return f"{self.host}:{self.port}"
 
 
@@ -59,9 +70,13 @@ async def serve_devices(
     clock: SimClock | None = None,
     scenario: Scenario | None = None,
 ) -> AsyncIterator[Fleet]:
-    """Serve the Modbus devices of ``specs`` (others are skipped) until the block exits or is cancelled."""
+    """Serve devices until the block exits or is cancelled.
+
+    ``specs`` holds scenario devices (non-Modbus kinds are skipped) and/or ``(kind, count)`` pairs, which
+    stand for ``generate_devices(kind, count)``.
+    """
     clock = clock or SimClock()
-    modbus_specs = [s for s in specs if s.kind in MODBUS_KINDS]
+    modbus_specs = [s for s in _expand(specs) if s.kind in MODBUS_KINDS]
     devices = build_devices(modbus_specs, sites, clock)
     fleet = Fleet(clock=clock, devices=devices, specs={s.key: s for s in modbus_specs}, scenario=scenario)
     now = clock.now()
@@ -106,33 +121,71 @@ async def serve_fleet(
         yield fleet
 
 
-def generate_pv_inverters(
+DEFAULT_RATED_W = {
+    "pv_inverter": 50_000.0,
+    "battery": 250_000.0,
+    "meter": 1_000_000.0,
+    "hydro": 1_000_000.0,
+    "load": 500_000.0,
+}
+_MODEL_NAMES = {
+    "pv_inverter": "SIM-PV",
+    "battery": "SIM-BESS",
+    "meter": "SIM-METER",
+    "hydro": "SIM-HYDRO",
+    "load": "SIM-LOAD",
+}
+
+
+def generate_devices(
+    kind: str,
     count: int,
     *,
-    prefix: str = "bench-pv",
+    prefix: str | None = None,
     site: str = "bench-park",
-    rated_power_w: float = 50_000.0,
-    vendor: str = "Lishui Sim",
-    model: str = "SIM-PV-50K",
+    rated_power_w: float | None = None,
 ) -> list[Device]:
-    """``count`` PV inverter specs (e.g. 500 for the gateway benchmark), each with its own weather seed."""
+    """``count`` devices of one kind (e.g. 500 PV inverters for the gateway benchmark), each its own seed."""
+    if kind not in PROFILE_OF_KIND:
+        raise ValueError(f"cannot simulate kind {kind!r}; one of {', '.join(PROFILE_OF_KIND)}")
+    rated = rated_power_w or DEFAULT_RATED_W[kind]
+    prefix = prefix or f"bench-{kind.replace('_', '-')}"
     return [
         Device(
             key=f"{prefix}-{i:04d}",
             site=site,
-            kind="pv_inverter",
-            profile="sunspec-pv-inverter",
-            vendor=vendor,
-            model=model,
-            rated_power_w=rated_power_w,
+            kind=cast(DeviceKind, kind),
+            profile=PROFILE_OF_KIND[kind],
+            vendor="Lishui Sim",
+            model=f"{_MODEL_NAMES[kind]}-{rated / 1000:g}K",
+            rated_power_w=rated,
         )
         for i in range(1, count + 1)
     ]
 
 
+def generate_pv_inverters(
+    count: int, *, rated_power_w: float = 50_000.0, prefix: str = "bench-pv"
+) -> list[Device]:
+    return generate_devices("pv_inverter", count, prefix=prefix, rated_power_w=rated_power_w)
+
+
+def _expand(specs: Iterable[Device | tuple[str, int]]) -> list[Device]:
+    out: list[Device] = []
+    for spec in specs:
+        if isinstance(spec, Device):
+            out.append(spec)
+        else:
+            kind, count = spec
+            out.extend(generate_devices(kind, count))
+    return out
+
+
 def endpoint_lines(fleet: Fleet, header: bool = True) -> list[str]:
     """One line per device: ``device  kind  host:port  unit`` (aligned)."""
-    rows = [(key, fleet.devices[key].kind, str(ep), str(ep.unit_id)) for key, ep in fleet.endpoints.items()]
+    rows = [
+        (key, fleet.devices[key].kind, ep.address, str(ep.unit_id)) for key, ep in fleet.endpoints.items()
+    ]
     if header:
         rows.insert(0, ("device", "kind", "host:port", "unit"))
     widths: Sequence[int] = [max((len(r[i]) for r in rows), default=0) for i in range(4)]

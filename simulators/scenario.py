@@ -7,7 +7,6 @@ per device kind so a typo fails at load time, not at the first poll.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -69,7 +68,7 @@ PROFILE_OF_KIND: dict[str, str] = {
     "load": "lixian-flexload-v1",
 }
 MODBUS_KINDS = frozenset(PROFILE_OF_KIND)
-SCENARIO_DIR = "scenarios"
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 
 class _Strict(BaseModel):
@@ -241,19 +240,13 @@ class Scenario(_Strict):
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """A scenario by name (``simulators/scenarios/{name}.yaml``) or by path to a YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        text = path.read_text(encoding="utf-8")
-    else:
-        resource = resources.files("simulators").joinpath(SCENARIO_DIR, f"{name_or_path}.yaml")
-        if not resource.is_file():
-            available = sorted(
-                p.name.removesuffix(".yaml")
-                for p in resources.files("simulators").joinpath(SCENARIO_DIR).iterdir()
-                if p.name.endswith(".yaml")
-            )
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        # Next to this module rather than importlib.resources: works for namespace-style editable installs too.
+        path = SCENARIO_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            available = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"no scenario {name_or_path!r}; available: {', '.join(available)}")
-        text = resource.read_text(encoding="utf-8")
-    return Scenario.model_validate(yaml.safe_load(text))
+    return Scenario.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def peak_shaving_capacity_w(scenario: Scenario) -> dict[str, float]:

@@ -54,7 +54,8 @@ async def test_resolver_registers_unknown_devices_and_detects_conflicts(db_dsn: 
         assert resolver.cached(site, device) == device_id
         assert await resolver.resolve(conn, site, device) == device_id
         cur = await conn.execute(
-            "SELECT d.lifecycle, d.kind, s.kind FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.id = %s",
+            "SELECT d.lifecycle, d.kind, s.kind FROM devices d JOIN sites s ON s.id = d.site_id"
+            " WHERE d.id = %s",
             (device_id,),
         )
         assert await cur.fetchone() == ("discovered", "other", "unknown")

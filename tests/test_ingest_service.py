@@ -54,7 +54,9 @@ async def running(settings: Settings, client_id: str, *, forget: bool = True) ->
         with contextlib.suppress(asyncio.CancelledError):
             await task
         if forget:
-            async with aiomqtt.Client(settings.mqtt.host, settings.mqtt.port, identifier=client_id, clean_session=True):
+            async with aiomqtt.Client(
+                settings.mqtt.host, settings.mqtt.port, identifier=client_id, clean_session=True
+            ):
                 pass
 
 
@@ -66,16 +68,21 @@ async def publisher(ingest_settings: Settings) -> AsyncIterator[aiomqtt.Client]:
 
 def _batch(seq: int, start: datetime, n: int, **extra: float) -> bytes:
     samples = [
-        Sample(ts=start + timedelta(seconds=i), values={"active_power_w": 1000.0 + i, "voltage_v": 230.0, **extra})
+        Sample(
+            ts=start + timedelta(seconds=i),
+            values={"active_power_w": 1000.0 + i, "voltage_v": 230.0, **extra},
+        )
         for i in range(n)
     ]
     return encode(TelemetryBatch(seq=seq, samples=samples))
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
     """Poll until ``check`` holds (the caller asserts afterwards, for a readable failure)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check() and asyncio.get_running_loop().time() < deadline:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:  # polling a database: no event to wait on
+        if await check():
+            return
         await asyncio.sleep(0.05)
 
 
@@ -123,7 +130,10 @@ async def test_telemetry_lands_exactly_once_and_garbage_is_skipped(
             assert lifecycle == "discovered"
             assert last_seen == start + timedelta(seconds=60 + 49)
         # The periodic refresh rolls the data up.
-        rolled = "SELECT coalesce(sum(r.n), 0) FROM telemetry_1m r JOIN devices d ON d.id = r.device_id WHERE d.key = %s"
+        rolled = (
+            "SELECT coalesce(sum(r.n), 0) FROM telemetry_1m r JOIN devices d ON d.id = r.device_id"
+            " WHERE d.key = %s"
+        )
 
         async def rolled_up() -> bool:
             return await _count(dsn, rolled, device) == expected
@@ -141,7 +151,9 @@ async def test_status_conflict_and_redelivery_after_restart(
         await registry.upsert_site(conn, site, "Site", None, "mengxi")
         await registry.upsert_device(conn, device, site, "meter")
     status = Status(state=DeviceState.FAULT, reason="modbus exception 4", ts=datetime.now(UTC))
-    await publisher.publish(topic(site, device, Channel.STATUS, root=root), encode(status), qos=1, retain=True)
+    await publisher.publish(
+        topic(site, device, Channel.STATUS, root=root), encode(status), qos=1, retain=True
+    )
     conflicts_before = _invalid("device_conflict")
     client_id = _key("ingest")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
@@ -151,14 +163,22 @@ async def test_status_conflict_and_redelivery_after_restart(
             # The retained status arrives on subscription.
 
             async def faulted() -> bool:
-                return bool(await _count(dsn, "SELECT count(*) FROM devices WHERE key = %s AND status = 'fault'", device))
+                return bool(
+                    await _count(
+                        dsn, "SELECT count(*) FROM devices WHERE key = %s AND status = 'fault'", device
+                    )
+                )
 
             await _until(faulted)
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                cur = await conn.execute("SELECT status, status_reason FROM devices WHERE key = %s", (device,))
+                cur = await conn.execute(
+                    "SELECT status, status_reason FROM devices WHERE key = %s", (device,)
+                )
                 assert await cur.fetchone() == ("fault", "modbus exception 4")
             # The same device key under another site is a conflict: rejected and counted.
-            await publisher.publish(topic(other_site, device, Channel.TELEMETRY, root=root), _batch(1, start, 5), qos=1)
+            await publisher.publish(
+                topic(other_site, device, Channel.TELEMETRY, root=root), _batch(1, start, 5), qos=1
+            )
 
             async def rejected() -> bool:
                 return _invalid("device_conflict") > conflicts_before
@@ -166,7 +186,9 @@ async def test_status_conflict_and_redelivery_after_restart(
             await _until(rejected)
             assert _invalid("device_conflict") - conflicts_before == 1
         # Ingest is down: the persistent session holds what is published meanwhile.
-        await publisher.publish(topic(site, device, Channel.TELEMETRY, root=root), _batch(2, start, 20), qos=1)
+        await publisher.publish(
+            topic(site, device, Channel.TELEMETRY, root=root), _batch(2, start, 20), qos=1
+        )
         async with running(ingest_settings, client_id):
 
             async def redelivered() -> bool:

@@ -26,7 +26,9 @@ reading = st.tuples(
 )
 
 
-async def _write(writer: TelemetryWriter, site: str, device: str, readings: list[tuple[int, int, float]]) -> None:
+async def _write(
+    writer: TelemetryWriter, site: str, device: str, readings: list[tuple[int, int, float]]
+) -> None:
     batch = Batch()
     batch.add_readings((site, device), [(T0 + timedelta(seconds=s), mid, v) for s, mid, v in readings])
     await writer.write(batch)
@@ -46,7 +48,9 @@ def _same(rollup: list[tuple[Any, ...]], raw: list[tuple[Any, ...]]) -> None:
 
 RAW = """SELECT time_bucket(%s, ts) AS b, metric_id, count(*)::int, sum(value), min(value), max(value),
                 last(value, ts), max(ts) FROM telemetry WHERE device_id = %s GROUP BY 1, 2 ORDER BY 1, 2"""
-ROLLUP = "SELECT bucket, metric_id, n, sum, min, max, last, last_ts FROM {} WHERE device_id = %s ORDER BY 1, 2"
+ROLLUP = (
+    "SELECT bucket, metric_id, n, sum, min, max, last, last_ts FROM {} WHERE device_id = %s ORDER BY 1, 2"
+)
 
 
 async def _check(conn: psycopg.AsyncConnection[Any], device_id: int) -> None:

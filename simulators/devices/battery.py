@@ -211,6 +211,6 @@ class BatteryDevice(SunSpecDevice):
             "charge_limit_w": ph.charge_limit_w,
             "discharge_limit_w": ph.discharge_limit_w,
             "active_power_setpoint_w": ph.setpoint_w,
-            "operating_state": float(ph.charge_status),
+            "operating_state": float(self._state()),  # 802 State
             "rated_power_w": float(self.sunspec.get(120, "WRtg") or 0.0),
         }

@@ -47,7 +47,9 @@ class FlexLoadPhysics:
         self.baseline_w = 0.0
         self.power_w = 0.0
         self.energy_wh = p.energy_wh
-        self._idle_w = min(v for _, v in SHAPES[p.shape]) * p.rated_w
+        # Shapes with a real off period have an idle state; continuous processes never idle.
+        base = min(v for _, v in SHAPES[p.shape])
+        self._idle_w = base * p.rated_w if base < 0.5 else 0.0
 
     @property
     def curtailment_w(self) -> float:

@@ -7,8 +7,10 @@ within ~0.05 degrees, which changes sunrise by well under a minute).
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 LINKE_TURBIDITY = 3.8  # humid, somewhat hazy central-China air; avoids the online/HDF5 lookup
 _MINUTES = 24 * 60
@@ -20,6 +22,22 @@ def day_curve(latitude: float, longitude: float, tilt: float, azimuth: float, da
     import pandas as pd  # deferred: pvlib/pandas take a second to import
     import pvlib
 
+    with warnings.catch_warnings():
+        # pvlib 0.16 still uses pandas APIs that pandas 3 deprecates; not ours to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _compute(pd, pvlib, latitude, longitude, tilt, azimuth, day)
+
+
+def _compute(
+    pd: Any,
+    pvlib: Any,
+    latitude: float,
+    longitude: float,
+    tilt: float,
+    azimuth: float,
+    day: date,
+) -> tuple[float, ...]:
     times = pd.date_range(
         datetime(day.year, day.month, day.day, tzinfo=UTC), periods=_MINUTES + 1, freq="1min"
     )

@@ -1,0 +1,47 @@
+"""The API application: ``create_app(settings)``; run with ``uvicorn --factory api.app:main_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
+
+from api.routes import router
+from core.db import create_pool
+from core.settings import Settings, get_settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The pool opens without waiting for the database: the API starts (and /health says 503)
+        # while the database is away, and requests get 503 instead of hanging.
+        async with create_pool(settings.db, "api") as pool:
+            app.state.pool = pool
+            yield
+
+    app = FastAPI(
+        title="Lishui API",
+        version="1",
+        description="Registry, latest values and time series of the county's energy devices.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(router)
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "database unavailable, try again"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
+
+    return app
+
+
+def main_app() -> FastAPI:  # pragma: no cover - for uvicorn --factory
+    return create_app(get_settings())
