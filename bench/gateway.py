@@ -51,7 +51,7 @@ async def _serve(count: int, pipe: Connection) -> None:
     stop = asyncio.Event()
     loop.add_reader(pipe.fileno(), stop.set)
     if serve_devices is not None:
-        async with serve_devices([("pv_inverter", count)]) as fleet:  # type: ignore[call-arg]
+        async with serve_devices([("pv_inverter", count)], base_port=0) as fleet:  # type: ignore[list-item]
             pipe.send(["simulators.fleet", sorted(fleet.endpoints.values())])
             await stop.wait()
     else:

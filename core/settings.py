@@ -37,6 +37,9 @@ class GatewaySettings(BaseModel):
 
 class IngestSettings(BaseModel):
     share_group: str = "ingest"
+    # Stable and unique per ingest instance: the broker keeps its persistent session (and the QoS 1
+    # messages queued for it) under this id. Default: derived from topic root, group and host name.
+    client_id: str | None = None
     batch_max_rows: int = Field(20_000, ge=1)
     batch_max_delay_s: float = Field(0.5, gt=0)
     rollup_interval_s: float = Field(5.0, gt=0)

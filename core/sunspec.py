@@ -95,7 +95,7 @@ def decode(point: Point, registers: list[int] | tuple[int, ...]) -> int | float 
     value = struct.unpack(fmt, raw_bytes)[0]
     if point.type == "float32" and value != value:  # NaN = not implemented
         return None
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def encode(point: Point, value: int | float | str | None) -> list[int]:
@@ -112,7 +112,8 @@ def encode(point: Point, value: int | float | str | None) -> list[int]:
         else:
             raw_bytes = _NOT_IMPLEMENTED[point.type].to_bytes(point.size * 2, "big")
     else:
-        raw_bytes = struct.pack(fmt, float(value) if point.type == "float32" else round(value))
+        number = float(value)
+        raw_bytes = struct.pack(fmt, number if point.type == "float32" else round(number))
     return [int.from_bytes(raw_bytes[i : i + 2], "big") for i in range(0, len(raw_bytes), 2)]
 
 

@@ -70,7 +70,7 @@ class RateLimitedLog:
 def default_client_id(settings: Settings) -> str:
     """Stable per host and topic root. Several ingest processes on one host need distinct ids
     (``client_id=``): the broker keeps each id's session, and its share of the messages, until it returns."""
-    configured = getattr(settings.ingest, "client_id", None)
+    configured = settings.ingest.client_id
     if configured:
         return str(configured)
     return f"lishui-ingest-{settings.topic_root}-{settings.ingest.share_group}-{socket.gethostname()}"

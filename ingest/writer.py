@@ -81,7 +81,7 @@ _COPY = "COPY ingest_stage (ts, device_id, metric_id, value) FROM STDIN (FORMAT 
 _COPY_TYPES = ["timestamptz", "int4", "int2", "float8"]
 _INSERT = (
     "INSERT INTO telemetry (ts, device_id, metric_id, value)"
-    " SELECT ts, device_id, metric_id, value FROM ingest_stage ORDER BY device_id, metric_id, ts"
+    " SELECT ts, device_id, metric_id, value FROM ingest_stage ORDER BY device_id, ts, metric_id"
     " ON CONFLICT DO NOTHING"
 )
 # Marks every staged (minute, device) pair: on a partial redelivery that may recompute a bucket that

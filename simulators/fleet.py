@@ -62,7 +62,7 @@ class Fleet:
 
 @asynccontextmanager
 async def serve_devices(
-    specs: Iterable[Device],
+    specs: Iterable[Device | tuple[str, int]],
     *,
     sites: Iterable[Site] = (),
     host: str = "127.0.0.1",

@@ -241,7 +241,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     """A scenario by name (``simulators/scenarios/{name}.yaml``) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml") and not path.exists():
-        # Next to this module rather than importlib.resources: works for namespace-style editable installs too.
+        # Next to this module, not importlib.resources: also works for namespace-style editable installs.
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             available = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))

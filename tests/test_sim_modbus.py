@@ -27,9 +27,9 @@ async def fleet() -> AsyncIterator[Fleet]:
         yield f
 
 
-async def _client(fleet: Fleet, key: str, timeout: float = 2.0) -> AsyncModbusTcpClient:
+async def _client(fleet: Fleet, key: str, request_timeout: float = 2.0) -> AsyncModbusTcpClient:
     ep = fleet.endpoints[key]
-    client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=timeout, retries=0)
+    client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=request_timeout, retries=0)
     assert await client.connect()
     return client
 
@@ -274,7 +274,7 @@ async def test_unit_ids(fleet: Fleet) -> None:
 async def test_pause_makes_requests_time_out(fleet: Fleet) -> None:
     device = fleet.device("xdk-load-kiln")
     device.pause()
-    client = await _client(fleet, "xdk-load-kiln", timeout=0.3)
+    client = await _client(fleet, "xdk-load-kiln", request_timeout=0.3)
     try:
         with pytest.raises(ModbusIOException):
             await client.read_holding_registers(0, count=2, device_id=1)

@@ -1,12 +1,16 @@
--- Telemetry: one narrow row per reading. The primary key makes a redelivered reading a no-op.
+-- Telemetry: one narrow row per reading. The primary key makes a redelivered reading a no-op, and
+-- its order (device, time, metric) serves both the rollup refresh (one device's minute, all metrics)
+-- and a device's recent history. It is the only index: the default time index would cost every
+-- write and serve no query (cross-device questions are answered from the rollups).
 CREATE TABLE telemetry (
     ts         timestamptz      NOT NULL,
     device_id  integer          NOT NULL,
     metric_id  smallint         NOT NULL,
     value      double precision NOT NULL,
-    PRIMARY KEY (device_id, metric_id, ts)
+    PRIMARY KEY (device_id, ts, metric_id)
 );
-SELECT create_hypertable('telemetry', 'ts', chunk_time_interval => interval '1 day');
+SELECT create_hypertable('telemetry', 'ts', chunk_time_interval => interval '1 day',
+                         create_default_indexes => false);
 
 -- Rollups. The Apache build of TimescaleDB has no continuous aggregates, so these are plain
 -- hypertables kept by refresh_rollups(): whoever writes telemetry marks the (bucket, device) pairs it
@@ -42,7 +46,7 @@ CREATE TABLE rollup_dirty_15m (LIKE rollup_dirty_1m INCLUDING ALL);
 CREATE FUNCTION mark_rollups_dirty(buckets timestamptz[], device_ids integer[]) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO rollup_dirty_1m (bucket, device_id)
-    SELECT DISTINCT b, d FROM unnest(buckets, device_ids) AS u(b, d) ORDER BY b, d
+    SELECT DISTINCT time_bucket('1 minute', b), d FROM unnest(buckets, device_ids) AS u(b, d) ORDER BY 1, 2
     ON CONFLICT (bucket, device_id) DO UPDATE SET bucket = EXCLUDED.bucket;
 $$;
 
