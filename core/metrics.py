@@ -34,8 +34,20 @@ class Metric:
 _G, _C, _S = MetricKind.GAUGE, MetricKind.COUNTER, MetricKind.STATE
 
 CATALOGUE: tuple[Metric, ...] = (
-    Metric(1, "active_power_w", "W", _G, "Active power; + output for generators/storage, + import for meters/loads"),
-    Metric(2, "reactive_power_var", "var", _G, "Reactive power; + when supplying (capacitive), same side as active"),
+    Metric(
+        1,
+        "active_power_w",
+        "W",
+        _G,
+        "Active power; + output for generators/storage, + import for meters/loads",
+    ),
+    Metric(
+        2,
+        "reactive_power_var",
+        "var",
+        _G,
+        "Reactive power; + when supplying (capacitive), same side as active",
+    ),
     Metric(3, "apparent_power_va", "VA", _G, "Apparent power"),
     Metric(4, "power_factor", "1", _G, "Power factor, -1..1"),
     Metric(5, "voltage_v", "V", _G, "Phase-to-neutral voltage, average of phases"),
@@ -44,8 +56,20 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(8, "voltage_l3_v", "V", _G, "Phase C (L3) to neutral voltage"),
     Metric(9, "current_a", "A", _G, "AC current, sum of phases"),
     Metric(10, "frequency_hz", "Hz", _G, "Grid frequency"),
-    Metric(11, "energy_export_wh", "Wh", _C, "Energy delivered (generation, discharge or export), lifetime register"),
-    Metric(12, "energy_import_wh", "Wh", _C, "Energy received (consumption, charging or import), lifetime register"),
+    Metric(
+        11,
+        "energy_export_wh",
+        "Wh",
+        _C,
+        "Energy delivered (generation, discharge or export), lifetime register",
+    ),
+    Metric(
+        12,
+        "energy_import_wh",
+        "Wh",
+        _C,
+        "Energy received (consumption, charging or import), lifetime register",
+    ),
     Metric(13, "dc_power_w", "W", _G, "DC-side power (PV array or battery)"),
     Metric(14, "dc_voltage_v", "V", _G, "DC-side voltage"),
     Metric(15, "dc_current_a", "A", _G, "DC-side current"),

@@ -47,7 +47,8 @@ class KeyValueFormatter(logging.Formatter):
         extras = " ".join(
             f"{k}={v}" for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")
         )
-        base = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        when = self.formatTime(record, "%H:%M:%S")
+        base = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         text = f"{base}  {extras}" if extras else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -69,7 +70,9 @@ def start_metrics_endpoint(port: int) -> None:
     """Serve Prometheus metrics on 127.0.0.1:port (0 = disabled)."""
     if port:
         start_http_server(port, addr="127.0.0.1")
-        logging.getLogger(__name__).info("metrics endpoint", extra={"url": f"http://127.0.0.1:{port}/metrics"})
+        logging.getLogger(__name__).info(
+            "metrics endpoint", extra={"url": f"http://127.0.0.1:{port}/metrics"}
+        )
 
 
 def run(main: Callable[[], Awaitable[None]]) -> int:

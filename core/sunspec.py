@@ -20,15 +20,37 @@ END_MODEL_ID = 0xFFFF
 
 # Register values meaning "not implemented", by type.
 _NOT_IMPLEMENTED: dict[str, int] = {
-    "int16": 0x8000, "sunssf": 0x8000, "uint16": 0xFFFF, "enum16": 0xFFFF, "bitfield16": 0xFFFF, "count": 0x0000,
-    "int32": 0x80000000, "uint32": 0xFFFFFFFF, "enum32": 0xFFFFFFFF, "bitfield32": 0xFFFFFFFF,
-    "acc32": 0x00000000, "int64": 0x8000000000000000, "uint64": 0xFFFFFFFFFFFFFFFF,
+    "int16": 0x8000,
+    "sunssf": 0x8000,
+    "uint16": 0xFFFF,
+    "enum16": 0xFFFF,
+    "bitfield16": 0xFFFF,
+    "count": 0x0000,
+    "int32": 0x80000000,
+    "uint32": 0xFFFFFFFF,
+    "enum32": 0xFFFFFFFF,
+    "bitfield32": 0xFFFFFFFF,
+    "acc32": 0x00000000,
+    "int64": 0x8000000000000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF,
     "acc64": 0x0000000000000000,
 }
 _STRUCT = {
-    "int16": ">h", "sunssf": ">h", "uint16": ">H", "enum16": ">H", "bitfield16": ">H", "count": ">H",
-    "int32": ">i", "uint32": ">I", "enum32": ">I", "bitfield32": ">I", "acc32": ">I",
-    "int64": ">q", "uint64": ">Q", "acc64": ">Q", "float32": ">f",
+    "int16": ">h",
+    "sunssf": ">h",
+    "uint16": ">H",
+    "enum16": ">H",
+    "bitfield16": ">H",
+    "count": ">H",
+    "int32": ">i",
+    "uint32": ">I",
+    "enum32": ">I",
+    "bitfield32": ">I",
+    "acc32": ">I",
+    "int64": ">q",
+    "uint64": ">Q",
+    "acc64": ">Q",
+    "float32": ">f",
 }
 
 

@@ -20,8 +20,10 @@ def _migrate(settings: Settings) -> int:
         created = await db.ensure_database(settings.db.dsn)
         applied = await db.migrate(settings.db.dsn)
         where = settings.db.dsn.rsplit("/", 1)[-1]
-        print(f"database {where}: {'created, ' if created else ''}"
-              f"{len(applied)} migration(s) applied{': ' + ', '.join(applied) if applied else ''}")
+        print(
+            f"database {where}: {'created, ' if created else ''}"
+            f"{len(applied)} migration(s) applied{': ' + ', '.join(applied) if applied else ''}"
+        )
 
     asyncio.run(go())
     return 0
@@ -64,8 +66,12 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host or settings.api.host, port=args.port or settings.api.port,
-                log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api.host,
+        port=args.port or settings.api.port,
+        log_config=None,
+    )
     return 0
 
 
@@ -76,8 +82,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lishui", description="Lishui energy-management and EV-charging backend")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default from LISHUI_LOG_LEVEL)")
+    parser = argparse.ArgumentParser(
+        prog="lishui", description="Lishui energy-management and EV-charging backend"
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING (default from LISHUI_LOG_LEVEL)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     dbp = sub.add_parser("db", help="database maintenance")
@@ -113,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    setup_logging(args.log_level or settings.log_level, json_lines=settings.log_json and args.command != "demo")
+    setup_logging(
+        args.log_level or settings.log_level, json_lines=settings.log_json and args.command != "demo"
+    )
     if args.command == "db":
         return _migrate(settings) if args.db_command == "migrate" else _seed(settings, args.scenario)
     handlers = {"sim": _sim, "gateway": _gateway, "ingest": _ingest, "api": _api, "demo": _demo}

@@ -57,11 +57,14 @@ def sim_clock(scenario: Scenario, time_factor: float | None) -> SimClock:
 async def run_simulators(scenario_name: str, host: str, base_port: int, time_factor: float | None) -> None:
     """``lishui sim``: serve a scenario's devices until stopped, after printing where they are."""
     scenario = load_scenario(scenario_name)
-    async with serve_fleet(scenario, host=host, base_port=base_port,
-                           clock=sim_clock(scenario, time_factor)) as fleet:
+    async with serve_fleet(
+        scenario, host=host, base_port=base_port, clock=sim_clock(scenario, time_factor)
+    ) as fleet:
         kinds = Counter(d.kind for d in scenario.devices)
-        print(f"scenario {scenario.name}: {len(fleet.endpoints)} Modbus devices "
-              f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); Ctrl-C stops")
+        print(
+            f"scenario {scenario.name}: {len(fleet.endpoints)} Modbus devices "
+            f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); Ctrl-C stops"
+        )
         print(f"{'device':<28} {'kind':<12} {'profile':<22} {'address':<22} unit")
         by_key = {d.key: d for d in scenario.devices}
         for key, ep in fleet.endpoints.items():

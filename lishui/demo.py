@@ -31,8 +31,9 @@ async def run_demo(settings: Settings, scenario_name: str, time_factor: float | 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(run_ingest(settings), name="ingest")
             tg.create_task(run_gateway(settings, config), name="gateway")
-            tg.create_task(serve_api(create_app(settings), settings.api.host, settings.api.port, api_started),
-                           name="api")
+            tg.create_task(
+                serve_api(create_app(settings), settings.api.host, settings.api.port, api_started), name="api"
+            )
             await api_started.wait()
             _print_where_to_look(settings, scenario.name, len(config.devices))
             tg.create_task(_report_when_live(settings, {d.key for d in config.devices}), name="live-check")
@@ -40,7 +41,8 @@ async def run_demo(settings: Settings, scenario_name: str, time_factor: float | 
 
 def _print_where_to_look(settings: Settings, scenario: str, devices: int) -> None:
     base = f"http://{settings.api.host}:{settings.api.port}"
-    print(f"""
+    print(
+        f"""
 Lishui demo: scenario '{scenario}', {devices} simulated Modbus devices, gateway, ingest and API running.
 
   Dashboard       {base}/
@@ -52,7 +54,9 @@ Lishui demo: scenario '{scenario}', {devices} simulated Modbus devices, gateway,
   Database        psql {settings.db.dsn}
 
 Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 async def _report_when_live(settings: Settings, keys: set[str]) -> None:
@@ -64,7 +68,8 @@ async def _report_when_live(settings: Settings, keys: set[str]) -> None:
         try:
             async with await psycopg.AsyncConnection.connect(settings.db.dsn) as conn:
                 cur = await conn.execute(
-                    "SELECT count(*) FROM devices WHERE key = ANY(%s) AND last_seen > now() - interval '1 minute'",
+                    "SELECT count(*) FROM devices"
+                    " WHERE key = ANY(%s) AND last_seen > now() - interval '1 minute'",
                     (list(keys),),
                 )
                 row = await cur.fetchone()
@@ -73,6 +78,9 @@ async def _report_when_live(settings: Settings, keys: set[str]) -> None:
             continue
         live = row[0] if row else 0
         if live >= len(keys):
-            print(f"All {live} devices are reporting live telemetry "
-                  f"({loop.time() - started:.0f} s after start).", flush=True)
+            print(
+                f"All {live} devices are reporting live telemetry "
+                f"({loop.time() - started:.0f} s after start).",
+                flush=True,
+            )
             return

@@ -25,7 +25,9 @@ def test_topic_round_trip() -> None:
     assert topics.parse(t, root="r") == topics.TopicAddress("xdk-park", "pv-1", topics.Channel.CMD_RESULT)
 
 
-@pytest.mark.parametrize("bad", ["r/v1/site/dev", "r/v2/s/d/telemetry", "r/v1/S+/d/telemetry", "r/v1/s/d/nope"])
+@pytest.mark.parametrize(
+    "bad", ["r/v1/site/dev", "r/v2/s/d/telemetry", "r/v1/S+/d/telemetry", "r/v1/s/d/nope"]
+)
 def test_topic_parse_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         topics.parse(bad, root="r")
@@ -42,15 +44,24 @@ def test_telemetry_payload_validation() -> None:
         seq=1, samples=[payloads.Sample(ts=datetime(2026, 1, 1, tzinfo=UTC), values={"active_power_w": 1.5})]
     )
     assert payloads.decode(payloads.TelemetryBatch, payloads.encode(ok)) == ok
-    for raw in (b"{", b"[]", b'{"seq": -1, "samples": []}', b'{"v": 2, "seq": 1, "samples": []}',
-                b'{"seq": 1, "samples": [{"ts": "2026-01-01T00:00:00", "values": {"a": 1}}]}',
-                b'{"seq": 1, "samples": [{"ts": "2026-01-01T00:00:00Z", "values": {"a": NaN}}]}'):
+    for raw in (
+        b"{",
+        b"[]",
+        b'{"seq": -1, "samples": []}',
+        b'{"v": 2, "seq": 1, "samples": []}',
+        b'{"seq": 1, "samples": [{"ts": "2026-01-01T00:00:00", "values": {"a": 1}}]}',
+        b'{"seq": 1, "samples": [{"ts": "2026-01-01T00:00:00Z", "values": {"a": NaN}}]}',
+    ):
         with pytest.raises(payloads.PayloadError):
             payloads.decode(payloads.TelemetryBatch, raw)
 
 
-@given(st.sampled_from([m for m in sunspec.model(103).points.values() if m.type in ("int16", "uint16", "acc32")]),
-       st.integers(min_value=0, max_value=30000))
+@given(
+    st.sampled_from(
+        [m for m in sunspec.model(103).points.values() if m.type in ("int16", "uint16", "acc32")]
+    ),
+    st.integers(min_value=0, max_value=30000),
+)
 def test_sunspec_encode_decode_round_trip(point: sunspec.Point, value: int) -> None:
     assert sunspec.decode(point, sunspec.encode(point, value)) == value
 
@@ -64,7 +75,12 @@ def test_sunspec_not_implemented_is_none() -> None:
 
 def test_sunspec_layouts_match_the_standard_lengths() -> None:
     assert {m: sunspec.model(m).length for m in (1, 103, 120, 123, 203)} == {
-        1: 66, 103: 50, 120: 26, 123: 24, 203: 105}
+        1: 66,
+        103: 50,
+        120: 26,
+        123: 24,
+        203: 105,
+    }
 
 
 async def test_migrations_are_idempotent_and_sync_the_catalogue(db_dsn: str) -> None:

@@ -30,8 +30,16 @@ from simulators.scenario import load_scenario
 
 NOON = datetime.fromisoformat("2026-06-21T12:00:00+08:00")
 # The smallest step each compared metric is encoded with, in the simulators' register images.
-TOLERANCE = {"active_power_w": 10.0, "frequency_hz": 0.011, "soc_pct": 0.11, "reservoir_level_m": 0.011,
-             "voltage_v": 0.11, "energy_export_wh": 1000.0, "energy_import_wh": 1000.0, "rated_power_w": 10.0}
+TOLERANCE = {
+    "active_power_w": 10.0,
+    "frequency_hz": 0.011,
+    "soc_pct": 0.11,
+    "reservoir_level_m": 0.011,
+    "voltage_v": 0.11,
+    "energy_export_wh": 1000.0,
+    "energy_import_wh": 1000.0,
+    "rated_power_w": 10.0,
+}
 
 
 @dataclass
@@ -50,8 +58,10 @@ async def spine(settings: Settings) -> AsyncIterator[Spine]:
     async with serve_fleet(scenario, base_port=base_port, clock=SimClock(factor=0, start=NOON)) as fleet:
         config = gateway_config(scenario, fleet.endpoints, name=f"e2e-{uuid.uuid4().hex[:6]}")
         async with asyncio.TaskGroup() as tg:
-            services = [tg.create_task(run_ingest(settings), name="ingest"),
-                        tg.create_task(run_gateway(settings, config), name="gateway")]
+            services = [
+                tg.create_task(run_ingest(settings), name="ingest"),
+                tg.create_task(run_gateway(settings, config), name="gateway"),
+            ]
             try:
                 yield Spine(settings, fleet, started_at)
             finally:
@@ -103,8 +113,9 @@ def _has(device, metric: str) -> bool:  # type: ignore[no-untyped-def]
 
 @contextlib.asynccontextmanager
 async def _mqtt(settings: Settings) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(settings.mqtt.host, settings.mqtt.port,
-                              identifier=f"e2e-{uuid.uuid4().hex[:8]}") as client:
+    async with aiomqtt.Client(
+        settings.mqtt.host, settings.mqtt.port, identifier=f"e2e-{uuid.uuid4().hex[:8]}"
+    ) as client:
         yield client
 
 
@@ -114,8 +125,9 @@ async def _command(
     async with _mqtt(settings) as client:
         result_topic = topics.topic(site, device, topics.Channel.CMD_RESULT, settings.topic_root)
         await client.subscribe(result_topic, qos=1)
-        await client.publish(topics.topic(site, device, topics.Channel.CMD, settings.topic_root),
-                             payloads.encode(cmd), qos=1)
+        await client.publish(
+            topics.topic(site, device, topics.Channel.CMD, settings.topic_root), payloads.encode(cmd), qos=1
+        )
         async with asyncio.timeout(15):
             async for message in client.messages:
                 result = payloads.decode(payloads.CommandResult, message.payload)  # type: ignore[arg-type]
@@ -137,14 +149,22 @@ async def test_power_limit_command_lowers_pv_output(spine: Spine) -> None:
     before = sim.value("active_power_w")
     rated = sim.value("rated_power_w")
     assert before > 0.3 * rated, "a clear summer noon should give a good part of rated power"
-    result = await _command(spine.settings, site, key, payloads.Command(
-        id=uuid.uuid4().hex, op="set_active_power_limit", args={"pct": 20}, hold_s=600))
+    result = await _command(
+        spine.settings,
+        site,
+        key,
+        payloads.Command(id=uuid.uuid4().hex, op="set_active_power_limit", args={"pct": 20}, hold_s=600),
+    )
     assert result.status == payloads.CommandStatus.ACCEPTED, result
     sim.sync()
     assert sim.value("active_power_w") <= 0.2 * rated + 10
     assert sim.value("active_power_limit_pct") == pytest.approx(20, abs=0.5)
-    restore = await _command(spine.settings, site, key, payloads.Command(
-        id=uuid.uuid4().hex, op="set_active_power_limit", args={"pct": 100}))
+    restore = await _command(
+        spine.settings,
+        site,
+        key,
+        payloads.Command(id=uuid.uuid4().hex, op="set_active_power_limit", args={"pct": 100}),
+    )
     assert restore.status == payloads.CommandStatus.ACCEPTED
 
 
@@ -153,12 +173,17 @@ async def test_out_of_range_command_is_rejected_and_nothing_written(spine: Spine
     sim = spine.fleet.device(key)
     limit_before = sim.value("active_power_limit_pct")
     for bad in ({"pct": 150}, {"pct": -1}, {}):
-        result = await _command(spine.settings, site, key, payloads.Command(
-            id=uuid.uuid4().hex, op="set_active_power_limit", args=bad))
+        result = await _command(
+            spine.settings,
+            site,
+            key,
+            payloads.Command(id=uuid.uuid4().hex, op="set_active_power_limit", args=bad),
+        )
         assert result.status == payloads.CommandStatus.REJECTED, (bad, result)
         assert result.detail
     unknown = await _command(
-        spine.settings, site, key, payloads.Command(id=uuid.uuid4().hex, op="self_destruct"))
+        spine.settings, site, key, payloads.Command(id=uuid.uuid4().hex, op="self_destruct")
+    )
     assert unknown.status == payloads.CommandStatus.REJECTED
     assert sim.value("active_power_limit_pct") == limit_before
 
@@ -180,10 +205,13 @@ async def test_dead_simulator_goes_offline_while_others_keep_flowing(spine: Spin
                         break
         marker = datetime.now(UTC)
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+
             async def all_others_fresh() -> bool:
                 cur = await conn.execute(
                     "SELECT count(DISTINCT d.key) FROM telemetry t JOIN devices d ON d.id = t.device_id"
-                    " WHERE d.key = ANY(%s) AND t.ts > %s", (others, marker))
+                    " WHERE d.key = ANY(%s) AND t.ts > %s",
+                    (others, marker),
+                )
                 row = await cur.fetchone()
                 return bool(row and row[0] == len(others))
 
@@ -207,10 +235,13 @@ async def test_garbage_on_a_telemetry_topic_does_not_stop_ingest(spine: Spine, d
             await client.publish(topic, junk, qos=1)
     marker = datetime.now(UTC)
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+
         async def fresh() -> bool:
             cur = await conn.execute(
                 "SELECT count(*) FROM telemetry t JOIN devices d ON d.id = t.device_id"
-                " WHERE d.key = %s AND t.ts > %s", (key, marker))
+                " WHERE d.key = %s AND t.ts > %s",
+                (key, marker),
+            )
             row = await cur.fetchone()
             return bool(row and row[0] > 0)
 
@@ -223,8 +254,10 @@ async def test_api_serves_live_values_of_every_device(spine: Spine) -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://lishui") as http:
             for key in spine.fleet.devices:
+
                 async def has_values(k: str = key) -> bool:
                     r = await http.get(f"/api/v1/devices/{k}/latest")
                     return r.status_code == 200 and bool(r.json())
+
                 await _eventually(has_values, within=20)
             assert (await http.get("/api/v1/devices/no-such-device/latest")).status_code == 404
