@@ -28,6 +28,7 @@ from gateway.config import DeviceConfig, GatewayConfig
 from gateway.modbus import ModbusConnection
 from gateway.profile import load
 from gateway.service import Gateway
+from simulators.fleet import serve_devices
 
 PROFILE = "sunspec-pv-inverter"
 Endpoint = tuple[str, int, int]
@@ -43,52 +44,12 @@ def _simulate(count: int, pipe: Connection) -> None:
 
 
 async def _serve(count: int, pipe: Connection) -> None:
-    try:
-        from simulators.fleet import serve_devices  # the project's simulators, when present
-    except ImportError:
-        serve_devices = None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_reader(pipe.fileno(), stop.set)
-    if serve_devices is not None:
-        async with serve_devices([("pv_inverter", count)], base_port=0) as fleet:  # type: ignore[list-item]
-            pipe.send(["simulators.fleet", sorted(fleet.endpoints.values())])
-            await stop.wait()
-    else:
-        servers = [await _static_inverter() for _ in range(count)]
-        pipe.send(["static pymodbus servers", [(host, port, 1) for _server, host, port in servers]])
+    async with serve_devices([("pv_inverter", count)], base_port=0) as fleet:
+        pipe.send(sorted(fleet.endpoints.values()))
         await stop.wait()
-        for server, _host, _port in servers:
-            await server.shutdown()
-
-
-async def _static_inverter() -> tuple[Any, str, int]:
-    """Fallback until simulators.fleet exists: a pymodbus server holding a fixed SunSpec image."""
-    import socket
-
-    from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
-    from pymodbus.server import ModbusTcpServer
-
-    regs = [0] * 200
-    regs[0:2] = sunspec.MARKER
-    address = 2
-    for model_id, values in ((1, {"Mn": "bench"}), (103, {"W": 4000, "W_SF": 0, "St": 4}),
-                             (120, {"WRtg": 10000, "WRtg_SF": 0}), (123, {"WMaxLimPct": 100, "WMaxLimPct_SF": 0})):
-        model = sunspec.model(model_id)
-        for name, point in model.points.items():
-            value = model_id if name == "ID" else model.length if name == "L" else values.get(name)
-            words = sunspec.encode(point, value)  # type: ignore[arg-type]
-            regs[address + point.offset : address + point.offset + point.size] = words
-        address += model.length + 2
-    regs[address : address + 2] = [sunspec.END_MODEL_ID, 0]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    block = ModbusSequentialDataBlock(40001, regs)
-    server = ModbusTcpServer(ModbusServerContext(ModbusDeviceContext(hr=block), single=True),
-                             address=("127.0.0.1", port))
-    await server.serve_forever(background=True)
-    return server, "127.0.0.1", port
 
 
 # -- the naive baseline ---------------------------------------------------------------------------
@@ -127,7 +88,7 @@ async def naive_polls_per_s(endpoints: list[Endpoint], seconds: float, timeout_s
 
 
 async def _model_bases(conn: ModbusConnection) -> dict[int, int]:
-    address, bases = 40002, {}
+    address, bases = 40002, dict[int, int]()
     while True:
         model_id, length = await conn.read("holding", address, 2)
         if model_id == sunspec.END_MODEL_ID:
@@ -149,14 +110,18 @@ class LatencyRecorder:
         self._observe(value)
 
 
-async def run_gateway_for(endpoints: list[Endpoint], seconds: float, warmup_s: float, timeout_s: float) -> dict[str, Any]:
+async def run_gateway_for(
+    endpoints: list[Endpoint], seconds: float, warmup_s: float, timeout_s: float
+) -> dict[str, Any]:
     settings = Settings(
         topic_root=f"lishui-bench-{uuid.uuid4().hex[:8]}",
         gateway=GatewaySettings(request_timeout_s=timeout_s),
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     devices = [
-        DeviceConfig(key=f"pv{i:04d}", site="bench", profile=PROFILE, host=h, port=p, unit_id=u, poll_interval_s=1.0)
+        DeviceConfig(
+            key=f"pv{i:04d}", site="bench", profile=PROFILE, host=h, port=p, unit_id=u, poll_interval_s=1.0
+        )
         for i, (h, p, u) in enumerate(endpoints)
     ]
     gateway = Gateway(settings, GatewayConfig(name="bench", devices=devices))
@@ -200,7 +165,9 @@ async def run_gateway_for(endpoints: list[Endpoint], seconds: float, warmup_s: f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=5.0)
@@ -213,8 +180,8 @@ def main() -> None:
     simulator = mp.get_context("spawn").Process(target=_simulate, args=(args.devices, child), daemon=True)
     simulator.start()
     try:
-        source, raw = parent.recv()
-        endpoints: list[Endpoint] = [tuple(e) for e in raw]  # type: ignore[misc]
+        raw = parent.recv()
+        endpoints: list[Endpoint] = [tuple(e) for e in raw]
         naive = asyncio.run(naive_polls_per_s(endpoints, args.naive_seconds, args.timeout))
         result = asyncio.run(run_gateway_for(endpoints, args.seconds, args.warmup, args.timeout))
     finally:
@@ -223,16 +190,25 @@ def main() -> None:
         if simulator.is_alive():
             simulator.terminate()
     ratio = result["polls_per_s"] / naive if naive else float("inf")
-    print(f"simulators: {source}, {len(endpoints)} devices, 1 s poll interval, {args.seconds:g} s measured")
-    print(f"gateway: {result['polls_per_s']:.1f} polls/s, late {result['late_polls_pct']:.2f} %, "
-          f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, CPU {result['cpu_pct']:.0f} % of a core, "
-          f"errors {result['poll_errors']}, online {result['online']}, max publish queue {result['max_publish_queue']}")
+    print(f"simulators.fleet: {len(endpoints)} devices, 1 s poll interval, {args.seconds:g} s measured")
+    print(
+        f"gateway: {result['polls_per_s']:.1f} polls/s, late {result['late_polls_pct']:.2f} %, "
+        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"CPU {result['cpu_pct']:.0f} % of a core, errors {result['poll_errors']}, "
+        f"online {result['online']}, max publish queue {result['max_publish_queue']}"
+    )
     print(f"naive sequential poller: {naive:.1f} polls/s -> ratio {ratio:.1f}x")
-    summary = {"devices": len(endpoints), "polls_per_s": round(result["polls_per_s"], 1),
-               "late_polls_pct": round(result["late_polls_pct"], 3), "p50_ms": round(result["p50_ms"], 2),
-               "p99_ms": round(result["p99_ms"], 2), "cpu_pct": round(result["cpu_pct"], 1),
-               "naive_polls_per_s": round(naive, 1), "ratio_naive": round(ratio, 2),
-               "poll_errors": result["poll_errors"], "simulators": source}
+    summary = {
+        "devices": len(endpoints),
+        "polls_per_s": round(result["polls_per_s"], 1),
+        "late_polls_pct": round(result["late_polls_pct"], 3),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "cpu_pct": round(result["cpu_pct"], 1),
+        "naive_polls_per_s": round(naive, 1),
+        "ratio_naive": round(ratio, 2),
+        "poll_errors": result["poll_errors"],
+    }
     print(json.dumps(summary))
 
 

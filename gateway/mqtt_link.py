@@ -103,7 +103,9 @@ class MqttLink:
             self.status_topic, self._gateway_status(DeviceState.OFFLINE, "gateway lost"), 1, True
         )
         client = mqtt.client(self.settings.mqtt, f"lishui-gateway-{self.name}", will=will)
-        client.pending_calls_threshold = PUBLISH_WORKERS + 16  # our workers' in-flight publishes are by design
+        client.pending_calls_threshold = (
+            PUBLISH_WORKERS + 16
+        )  # our workers' in-flight publishes are by design
         async with client:
             await client.publish(
                 self.status_topic, self._gateway_status(DeviceState.ONLINE), qos=1, retain=True

@@ -76,6 +76,11 @@ class SunSpecImage:
             return 0
         return self._sf[(model_id, p.sf)]
 
+    def step(self, model_id: int, name: str) -> float:
+        """The physical value of one raw unit of a point (its resolution)."""
+        _, p = self._point(model_id, name)
+        return 10.0 ** self._exponent(model_id, p)
+
     def set(self, model_id: int, name: str, value: float | None) -> None:
         """Store a physical value, scaled by the point's scale factor (which must be set first)."""
         _, p = self._point(model_id, name)

@@ -114,7 +114,8 @@ class Observer:
 
 @asynccontextmanager
 async def running(settings: Settings, devices: list[DeviceConfig]) -> AsyncIterator[tuple[Gateway, Observer]]:
-    config = GatewayConfig(name="gw-test", devices=devices)
+    # A name (and so an MQTT client id) of its own: a clash would make the broker drop the other client.
+    config = GatewayConfig(name=f"gw-{settings.topic_root[-8:]}", devices=devices)
     gateway = Gateway(settings, config)
     async with aiomqtt.Client("127.0.0.1", 1883) as client:
         await client.subscribe(f"{settings.topic_root}/#", qos=1)
@@ -235,7 +236,7 @@ async def test_telemetry_arrives_scaled_and_commands_are_carried_out() -> None:
         assert hydro.writes[-1] == (100, [0x0003, 0x0D40])
 
     # clean shutdown: every device and the gateway itself say offline (retained)
-    gw_status = [p for t, p in obs.messages if t == gateway_status_topic(root, "gw-test")]
+    gw_status = [p for t, p in obs.messages if t == gateway_status_topic(root, f"gw-{root[-8:]}")]
     assert [s["state"] for s in gw_status] == ["online", "offline"]
     assert any(status(root, "pv1", "offline")(t, p) for t, p in obs.messages)
 

@@ -22,7 +22,7 @@ NOON = datetime(2025, 6, 21, 4, 30, tzinfo=UTC)
 
 
 def _device(kind: str, profile: str, rated: float = 100_000.0, **sim: object) -> SimDevice:
-    spec = Device(key=f"t-{kind}", site="s", kind=kind, profile=profile, rated_power_w=rated, sim=sim)  # type: ignore[arg-type]
+    spec = Device(key=f"t-{kind}", site="s", kind=kind, profile=profile, rated_power_w=rated, sim=sim)
     device = build_device(spec, None, SimClock(factor=0, start=NOON))
     device.sync()
     return device
@@ -124,3 +124,24 @@ async def test_fleet_shuts_down_on_cancellation() -> None:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
+
+
+def test_registers_encode_the_physics_within_their_resolution() -> None:
+    from simulators.devices.sunspec_device import SunSpecDevice
+    from simulators.scenario import load_scenario
+
+    scenario = load_scenario("default")
+    clock = SimClock(factor=0, start=NOON)
+    for spec in scenario.devices:
+        device = build_device(spec, scenario.site(spec.site), clock)
+        device.sync()
+        assert set(device.metrics()) == set(device.resolutions()), spec.key
+        if not isinstance(device, SunSpecDevice):
+            continue
+        for metric, (mid, point) in device.POINT_OF_METRIC.items():
+            if metric == "power_factor":
+                continue  # SunSpec PF is in percent
+            read = device.sunspec.get(mid, point)
+            assert read is not None, (spec.key, metric)
+            want = device.value(metric)
+            assert abs(read - want) <= device.resolution(metric) / 2 + 1e-6, (spec.key, metric, read, want)

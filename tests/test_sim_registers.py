@@ -138,7 +138,7 @@ def test_every_device_kind_builds_a_valid_image() -> None:
         ("load", "lixian-flexload-v1"),
     ):
         for rated in (5_000.0, 250_000.0, 8_000_000.0):
-            spec = Device(key=f"t-{kind}", site="s", kind=kind, profile=profile, rated_power_w=rated)  # type: ignore[arg-type]
+            spec = Device(key=f"t-{kind}", site="s", kind=kind, profile=profile, rated_power_w=rated)
             device = build_device(spec, None, clock)
             device.sync()
             values = device.metrics()

@@ -57,7 +57,14 @@ class SimDevice(ABC):
 
     @abstractmethod
     def metrics(self) -> dict[str, float]:
-        """The physics' current values by catalogue metric name, in catalogue units (no sync)."""
+        """The physics' current values by catalogue metric name, in catalogue units (no sync).
+
+        Only metrics the device's registers expose: an end-to-end test can expect each one to arrive.
+        """
+
+    @abstractmethod
+    def resolutions(self) -> dict[str, float]:
+        """Per metric of ``metrics()``: the step its register encodes (what a reader can resolve)."""
 
     def _on_write(self, rules: list[WriteRule], now: datetime) -> None:  # noqa: B027 - optional hook
         """Called after a client wrote the points of ``rules`` (e.g. to start a reversion timer)."""
@@ -94,6 +101,15 @@ class SimDevice(ABC):
         if metric_name not in values:
             raise KeyError(f"{self.key} ({self.kind}) does not provide {metric_name!r}")
         return values[metric_name]
+
+    def resolution(self, metric_name: str) -> float:
+        """The smallest step ``metric_name`` is encoded with in this device's registers (e.g. 1000 W for a
+        multi-MW meter with W_SF = 3), so a comparison of ``value()`` with what a client read can use
+        half of it as its tolerance."""
+        value = self.resolutions().get(metric_name)
+        if value is None:
+            raise KeyError(f"{self.key} ({self.kind}) does not provide {metric_name!r}")
+        return value
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key}>"

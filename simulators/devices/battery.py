@@ -12,6 +12,7 @@ SoCRsvMin/SocRsvMax (802) narrow the SoC band the unit works in. 802 SetOp DISCO
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from simulators.clock import SimClock
 from simulators.devices.sunspec_device import SunSpecDevice
@@ -24,6 +25,19 @@ STATE_CONNECTED, STATE_STANDBY, STATE_DISCONNECTED = 3, 4, 1
 
 class BatteryDevice(SunSpecDevice):
     kind = "battery"
+    POINT_OF_METRIC: ClassVar[dict[str, tuple[int, str]]] = {
+        "active_power_w": (802, "W"),
+        "dc_voltage_v": (802, "V"),
+        "dc_current_a": (802, "A"),
+        "soc_pct": (802, "SoC"),
+        "soh_pct": (802, "SoH"),
+        "energy_capacity_wh": (802, "WHRtg"),
+        "charge_limit_w": (124, "WChaMax"),
+        "discharge_limit_w": (802, "WDisChaRteMax"),
+        "active_power_setpoint_w": (802, "ReqW"),
+        "operating_state": (802, "State"),
+        "rated_power_w": (120, "WRtg"),
+    }
 
     def __init__(
         self,
@@ -200,14 +214,11 @@ class BatteryDevice(SunSpecDevice):
         ph = self.physics
         return {
             "active_power_w": ph.power_w,
-            "dc_power_w": ph.power_w,
             "dc_voltage_v": ph.dc_voltage_v,
             "dc_current_a": ph.dc_current_a,
             "soc_pct": ph.soc_pct,
             "soh_pct": ph.p.soh_pct,
             "energy_capacity_wh": ph.p.capacity_wh,
-            "energy_export_wh": ph.energy_export_wh,
-            "energy_import_wh": ph.energy_import_wh,
             "charge_limit_w": ph.charge_limit_w,
             "discharge_limit_w": ph.discharge_limit_w,
             "active_power_setpoint_w": ph.setpoint_w,

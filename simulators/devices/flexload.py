@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from simulators.clock import SimClock
 from simulators.devices.base import SimDevice
@@ -16,6 +17,17 @@ SETPOINT = 100
 
 class FlexLoadDevice(SimDevice):
     kind = "load"
+    # docs/register-maps.md: the scale of each metric's register
+    RESOLUTION: ClassVar[dict[str, float]] = {
+        "active_power_w": 1.0,
+        "voltage_v": 0.1,
+        "current_a": 0.1,
+        "power_factor": 0.001,
+        "frequency_hz": 0.01,
+        "energy_import_wh": 1000.0,
+        "curtailment_w": 1.0,
+        "operating_state": 1.0,
+    }
 
     def __init__(
         self,
@@ -78,5 +90,7 @@ class FlexLoadDevice(SimDevice):
             "energy_import_wh": ph.energy_wh,
             "curtailment_w": ph.curtailment_w,
             "operating_state": float(ph.state),
-            "rated_power_w": ph.p.rated_w,
         }
+
+    def resolutions(self) -> dict[str, float]:
+        return dict(self.RESOLUTION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from simulators.clock import SimClock
 from simulators.devices.base import SimDevice
@@ -16,6 +17,20 @@ SETPOINT, RAMP = 100, 102
 
 class HydroDevice(SimDevice):
     kind = "hydro"
+    # docs/register-maps.md: the scale of each metric's register
+    RESOLUTION: ClassVar[dict[str, float]] = {
+        "reservoir_level_m": 0.01,
+        "inflow_m3s": 0.01,
+        "discharge_flow_m3s": 0.01,
+        "gate_opening_pct": 0.1,
+        "active_power_w": 1.0,
+        "frequency_hz": 0.01,
+        "voltage_v": 0.1,
+        "energy_export_wh": 1000.0,
+        "operating_state": 1.0,
+        "rated_power_w": 1.0,
+        "active_power_setpoint_w": 1.0,
+    }
 
     def __init__(
         self,
@@ -81,3 +96,6 @@ class HydroDevice(SimDevice):
             "rated_power_w": ph.p.rated_w,
             "active_power_setpoint_w": ph.setpoint_w,
         }
+
+    def resolutions(self) -> dict[str, float]:
+        return dict(self.RESOLUTION)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from typing import ClassVar
 
 from simulators.clock import SimClock
 from simulators.devices.base import SimDevice
@@ -18,6 +19,20 @@ _SIGN_SEEN_BY_METER = {"load": 1.0, "meter": 0.0, "pv_inverter": -1.0, "battery"
 
 class MeterDevice(SunSpecDevice):
     kind = "meter"
+    POINT_OF_METRIC: ClassVar[dict[str, tuple[int, str]]] = {
+        "active_power_w": (203, "W"),
+        "reactive_power_var": (203, "VAR"),
+        "apparent_power_va": (203, "VA"),
+        "power_factor": (203, "PF"),
+        "voltage_v": (203, "PhV"),
+        "voltage_l1_v": (203, "PhVphA"),
+        "voltage_l2_v": (203, "PhVphB"),
+        "voltage_l3_v": (203, "PhVphC"),
+        "current_a": (203, "A"),
+        "frequency_hz": (203, "Hz"),
+        "energy_import_wh": (203, "TotWhImp"),
+        "energy_export_wh": (203, "TotWhExp"),
+    }
 
     def __init__(
         self,

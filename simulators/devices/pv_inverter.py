@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import ClassVar
 
 from simulators.clock import SimClock
 from simulators.devices.sunspec_device import SunSpecDevice
@@ -21,6 +22,25 @@ ST_OFF, ST_SLEEPING, ST_MPPT, ST_THROTTLED = 1, 2, 4, 5
 
 class PvInverterDevice(SunSpecDevice):
     kind = "pv_inverter"
+    POINT_OF_METRIC: ClassVar[dict[str, tuple[int, str]]] = {
+        "active_power_w": (103, "W"),
+        "reactive_power_var": (103, "VAr"),
+        "apparent_power_va": (103, "VA"),
+        "power_factor": (103, "PF"),
+        "voltage_l1_v": (103, "PhVphA"),
+        "voltage_l2_v": (103, "PhVphB"),
+        "voltage_l3_v": (103, "PhVphC"),
+        "current_a": (103, "A"),
+        "frequency_hz": (103, "Hz"),
+        "energy_export_wh": (103, "WH"),
+        "dc_power_w": (103, "DCW"),
+        "dc_voltage_v": (103, "DCV"),
+        "dc_current_a": (103, "DCA"),
+        "temperature_c": (103, "TmpCab"),
+        "operating_state": (103, "St"),
+        "active_power_limit_pct": (123, "WMaxLimPct"),
+        "rated_power_w": (120, "WRtg"),
+    }
 
     def __init__(
         self,
@@ -172,7 +192,6 @@ class PvInverterDevice(SunSpecDevice):
             "reactive_power_var": 0.0,
             "apparent_power_va": ph.power_w,
             "power_factor": 1.0,
-            "voltage_v": sum(v) / 3,
             "voltage_l1_v": v[0],
             "voltage_l2_v": v[1],
             "voltage_l3_v": v[2],
@@ -186,5 +205,4 @@ class PvInverterDevice(SunSpecDevice):
             "operating_state": float(self._state()),
             "active_power_limit_pct": ph.limit_w / ph.p.rated_w * 100.0,
             "rated_power_w": ph.p.rated_w,
-            "irradiance_wm2": ph.irradiance_wm2,
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from simulators.clock import SimClock
 from simulators.devices.base import SimDevice
 from simulators.sunspec_image import SunSpecImage
@@ -11,6 +13,9 @@ FIRMWARE = "lishui-sim 0.1"
 
 
 class SunSpecDevice(SimDevice):
+    # metric -> (model, point) whose register carries it
+    POINT_OF_METRIC: ClassVar[dict[str, tuple[int, str]]] = {}
+
     def __init__(
         self,
         key: str,
@@ -30,3 +35,6 @@ class SunSpecDevice(SimDevice):
         ss.set_raw(1, "SN", key)
         ss.set_raw(1, "DA", unit_id)
         ss.writable(1, "DA", 1, 247)
+
+    def resolutions(self) -> dict[str, float]:
+        return {m: self.sunspec.step(mid, point) for m, (mid, point) in self.POINT_OF_METRIC.items()}

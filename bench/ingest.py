@@ -1,0 +1,840 @@
+"""Ingest benchmark: a fleet's telemetry, published at full speed over MQTT, committed to TimescaleDB by one
+ingest process, end to end; against two yardsticks on the same kind of rows:
+
+- raw: the committed rows exported to CSV and loaded with ``psql \\copy`` (the database's own limit);
+- naive: one paho subscriber doing one autocommitted INSERT per message (the common hobby design).
+
+    .venv/bin/python bench/ingest.py            # 10,000 devices, full run (a few minutes)
+    .venv/bin/python bench/ingest.py --quick    # 2,000 devices, under a minute
+
+Everything is throwaway: a database ``lishui_bench_<run>`` (created, migrated, dropped), a topic root and
+share group of the run's own, and by default a Mosquitto of its own on a free port (``--broker own``). The
+Debian broker config keeps ``max_queued_messages 1000`` per session; a full-speed backlog beyond ingest's
+receive window plus that queue is silently dropped there (``--broker system`` shows it). The bench's broker
+sets ``max_queued_messages 0`` (no limit). Publishers run in their own processes (paho, QoS 1), the ingest
+service in its own (the real ``IngestService``), so no two share a GIL.
+
+Prints the figures and ends with ONE JSON line: e2e_per_s, raw_copy_per_s, naive_per_s, ratio_raw,
+ratio_naive, peak_rss_mb, readings, lost (published minus committed), and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import SynchronizedArray
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from core import db, registry
+from core.metrics import CATALOGUE
+from core.payloads import PayloadError, Sample, TelemetryBatch, decode, encode
+from core.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from core.topics import Channel, topic
+
+SERVER_DSN = os.environ.get("LISHUI_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+METRICS = tuple(m.name for m in CATALOGUE[:10])  # 10 readings per sample
+TOWNS = ("liyang", "lipu", "mengxi", "yanjing", "jinluo", "matoupu", "cennan", "guanyuan")
+KINDS = ("pv_inverter", "battery", "meter", "load")
+TICK = os.sysconf("SC_CLK_TCK")
+SPAWN = mp.get_context("spawn")
+Progress = SynchronizedArray  # [rows committed, monotonic time of the last change, messages seen]
+
+
+# -- the fleet ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the fleet sends: every device ``messages`` batches of ``samples`` samples of 10 metrics,
+    one sample every ``period_s`` (a gateway batching ``samples`` polls into one message)."""
+
+    devices: int
+    sites: int
+    messages: int  # per device
+    samples: int  # per message
+    period_s: float
+    start: datetime
+
+    @property
+    def total_messages(self) -> int:
+        return self.devices * self.messages
+
+    @property
+    def readings(self) -> int:
+        return self.total_messages * self.samples * len(METRICS)
+
+    @property
+    def realtime_per_s(self) -> float:
+        """Readings per second the fleet produces when sampling in real time."""
+        return self.devices * len(METRICS) / self.period_s
+
+
+def device_key(i: int) -> str:
+    return f"dev{i:05d}"
+
+
+def site_key(plan: Plan, i: int) -> str:
+    return f"site{i % plan.sites:02d}"
+
+
+def make_payload(plan: Plan, device: int, seq: int) -> bytes:
+    samples = []
+    for k in range(plan.samples):
+        n = seq * plan.samples + k
+        values = {
+            name: float((device * 7 + n * 13 + j * 101) % 5000) / 10.0 for j, name in enumerate(METRICS)
+        }
+        samples.append(Sample(ts=plan.start + timedelta(seconds=n * plan.period_s), values=values))
+    return encode(TelemetryBatch(seq=seq, samples=samples))
+
+
+# -- process accounting (/proc, no psutil) -------------------------------------------------------
+
+
+def cpu_seconds(path: str) -> float:
+    """utime + stime of a ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat``; 0 if gone."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def process_cpu(pid: int) -> float:
+    return cpu_seconds(f"/proc/{pid}/stat")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    return {tid: cpu_seconds(f"/proc/{pid}/task/{tid}/stat") for tid in tids}
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
+                    found.append(int(entry))
+    return found
+
+
+@dataclass
+class CpuWatch:
+    """CPU seconds of the processes taking part, between ``start`` and ``stop``."""
+
+    groups: dict[str, list[int]]
+    before: dict[int, float] = field(default_factory=dict)
+    after: dict[int, float] = field(default_factory=dict)
+
+    def _all(self) -> dict[int, float]:
+        pids = {p for ps in self.groups.values() for p in ps} | set(pids_named("postgres"))
+        return {p: process_cpu(p) for p in pids}
+
+    def start(self) -> None:
+        self.before = self._all()
+
+    def stop(self) -> None:
+        self.after = self._all()
+        self.groups["postgres (all)"] = pids_named("postgres")
+
+    def used(self, pids: list[int]) -> float:
+        return sum(self.after.get(p, 0.0) - self.before.get(p, 0.0) for p in pids)
+
+    def table(self) -> dict[str, float]:
+        return {name: round(self.used(pids), 2) for name, pids in self.groups.items()}
+
+
+# -- the broker -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    pid: int | None = None  # a broker of our own
+    log: Path | None = None
+
+    def dropped_notices(self) -> list[str]:
+        if self.log is None or not self.log.exists():
+            return []
+        return [line for line in self.log.read_text(errors="replace").splitlines() if "dropped" in line]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_broker(workdir: Path) -> Iterator[Broker]:
+    """A Mosquitto of the bench's own on a free port: no persistence, no per-session queue limit."""
+    port = free_port()
+    log = workdir / "mosquitto.log"
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # The Debian default is 1000: a backlog beyond ingest's receive window plus 1000 is dropped.
+        "max_queued_messages 0\n"
+        f"user {getpass.getuser()}\nlog_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\n"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto did not start on port {port}; see {log}") from None
+                time.sleep(0.05)
+        yield Broker("127.0.0.1", port, proc.pid, log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def forget_session(broker: Broker, client_id: str) -> None:
+    """Discard a persistent session (clean start, expiry 0) so the broker stops queueing for it."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    with contextlib.suppress(OSError):
+        client.connect(broker.host, broker.port, clean_start=True, properties=props)
+        client.loop_start()
+        time.sleep(0.2)
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- the database ---------------------------------------------------------------------------------
+
+
+async def create_database(run_id: str) -> str:
+    dsn = db.with_database(SERVER_DSN, f"lishui_bench_{run_id}")
+    await db.ensure_database(dsn)
+    await db.migrate(dsn)
+    return dsn
+
+
+async def register_fleet(dsn: str, plan: Plan) -> None:
+    """Sites through core.registry, the devices in one bulk statement."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for s in range(plan.sites):
+            await registry.upsert_site(conn, site_key(plan, s), f"Bench site {s}", town_key=TOWNS[s % 8])
+        await conn.execute(
+            "INSERT INTO devices (key, site_id, kind, rated_power_w)"
+            " SELECT u.key, s.id, u.kind, 10000 FROM unnest(%s::text[], %s::text[], %s::text[])"
+            " AS u(key, site, kind) JOIN sites s ON s.key = u.site",
+            (
+                [device_key(i) for i in range(plan.devices)],
+                [site_key(plan, i) for i in range(plan.devices)],
+                [KINDS[i % len(KINDS)] for i in range(plan.devices)],
+            ),
+        )
+
+
+def drop_database(dsn: str) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(SERVER_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def execute(dsn: str, sql: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+def scalar(dsn: str, sql: str) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(sql.encode()).fetchone()
+        return row[0] if row else None
+
+
+def reset_tables(dsn: str) -> None:
+    """Empty the hypertable (and what ingest derived from it), then checkpoint so no phase pays for the
+    previous one's dirty pages."""
+    execute(dsn, "TRUNCATE telemetry, telemetry_1m, telemetry_15m, rollup_dirty_1m, rollup_dirty_15m")
+    execute(dsn, "CHECKPOINT")
+
+
+def psql(dsn: str, command: str) -> None:
+    subprocess.run(["psql", dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command], check=True)
+
+
+# -- publishers (child processes) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    published: int
+    acked: int
+    seconds: float
+    cpu_s: float
+
+
+def _publisher(broker: Broker, root: str, plan: Plan, shard: int, shards: int, pipe: Connection) -> None:
+    """Child: encode this shard's messages, say ready, publish them all at QoS 1 when told, as fast as the
+    broker acknowledges; report; stay alive (for CPU accounting) until told to exit."""
+    devices = range(shard, plan.devices, shards)
+    messages = [
+        (topic(site_key(plan, d), device_key(d), Channel.TELEMETRY, root=root), make_payload(plan, d, seq))
+        for seq in range(plan.messages)
+        for d in devices
+    ]
+    window = threading.BoundedSemaphore(4096)  # unacknowledged messages in hand
+    acked = 0
+
+    def on_publish(client: mqtt.Client, userdata: object, mid: int, rc: object, props: object) -> None:
+        nonlocal acked
+        acked += 1
+        window.release()
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-pub{shard}", protocol=mqtt.MQTTv311
+    )
+    client.max_inflight_messages_set(1000)
+    client.on_publish = on_publish
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    pipe.send("ready")
+    pipe.recv()  # go
+    started = time.monotonic()
+    for name, payload in messages:
+        window.acquire()
+        client.publish(name, payload, qos=1)
+    while acked < len(messages) and time.monotonic() - started < 600:
+        time.sleep(0.005)
+    seconds = time.monotonic() - started
+    client.disconnect()
+    client.loop_stop()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    pipe.send(PublishResult(len(messages), acked, seconds, usage.ru_utime + usage.ru_stime))
+    pipe.recv()  # exit
+
+
+@dataclass
+class Publishers:
+    procs: list[mp.process.BaseProcess]
+    pipes: list[Connection]
+    results: list[PublishResult] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, broker: Broker, root: str, plan: Plan, count: int) -> Publishers:
+        pipes: list[Connection] = []
+        procs: list[mp.process.BaseProcess] = []
+        for shard in range(count):
+            ours, theirs = SPAWN.Pipe()
+            proc = SPAWN.Process(
+                target=_publisher, args=(broker, root, plan, shard, count, theirs), daemon=True
+            )
+            proc.start()
+            pipes.append(ours)
+            procs.append(proc)
+        for pipe in pipes:
+            if not pipe.poll(120):
+                raise RuntimeError("a publisher did not get ready")
+            pipe.recv()
+        return cls(procs, pipes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def go(self) -> float:
+        for pipe in self.pipes:
+            pipe.send("go")
+        return time.monotonic()
+
+    def done(self) -> bool:
+        if len(self.results) < len(self.pipes):
+            self.results = [pipe.recv() for pipe in self.pipes] if all(p.poll() for p in self.pipes) else []
+        return len(self.results) == len(self.pipes)
+
+    def finish(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send("exit")
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+
+    @property
+    def acked(self) -> int:
+        return sum(r.acked for r in self.results)
+
+    @property
+    def seconds(self) -> float:
+        return max((r.seconds for r in self.results), default=0.0)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(r.cpu_s for r in self.results)
+
+
+# -- consumers (child processes): the ingest service, and the naive one ---------------------------
+
+
+def _ingest_child(settings: Settings, pipe: Connection, progress: Progress) -> None:
+    from core.service import setup_logging
+
+    setup_logging("WARNING", json_lines=False)
+    asyncio.run(_run_ingest(settings, pipe, progress))
+
+
+async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) -> None:
+    """The real ``IngestService`` (what ``run_ingest`` runs), built here so the parent learns when it is
+    subscribed, and with a short session expiry so a shared broker forgets it soon after the run."""
+    from prometheus_client import REGISTRY
+
+    from ingest.service import IngestService
+
+    service = IngestService(settings, session_expiry_s=300)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_reader(pipe.fileno(), stop.set)
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), 30)
+    pipe.send("ready")
+
+    async def report() -> None:  # the writer's counter, for the parent to watch
+        while True:
+            rows = REGISTRY.get_sample_value("lishui_ingest_rows_written_total") or 0.0
+            if rows != progress[0]:
+                progress[0], progress[1] = rows, time.monotonic()
+            await asyncio.sleep(0.02)
+
+    reporter = asyncio.create_task(report())
+    await stop.wait()
+    reporter.cancel()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    pipe.recv()
+    pipe.send(_ingest_counters(REGISTRY))
+
+
+def _ingest_counters(reg: Any) -> dict[str, float]:
+    names = {
+        "messages": ("lishui_ingest_messages_total", {"channel": "telemetry"}),
+        "rows_written": ("lishui_ingest_rows_written_total", {}),
+        "rows_duplicate": ("lishui_ingest_rows_duplicate_total", {}),
+        "batches": ("lishui_ingest_batches_total", {}),
+        "write_errors": ("lishui_ingest_write_errors_total", {}),
+        "commit_s_sum": ("lishui_ingest_commit_seconds_sum", {}),
+        "batch_rows_sum": ("lishui_ingest_batch_rows_sum", {}),
+        "rollup_buckets": ("lishui_ingest_rollup_buckets_total", {}),
+    }
+    out = {key: reg.get_sample_value(name, labels) or 0.0 for key, (name, labels) in names.items()}
+    for metric in reg.collect():
+        if metric.name == "lishui_ingest_invalid":
+            out["invalid"] = sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return out
+
+
+def _naive_child(broker: Broker, root: str, dsn: str, pipe: Connection, progress: Progress) -> None:
+    """The hobby ingestor: one subscriber, per message one INSERT of its rows, autocommit. (Devices are
+    looked up in a dict loaded up front, and payloads validated like ingest does: only the design differs.)"""
+    conn = psycopg.connect(dsn, autocommit=True)
+    ids: dict[str, int] = dict(conn.execute("SELECT key, id FROM devices").fetchall())
+    metric_ids = {m.name: m.id for m in CATALOGUE}
+    subscribed = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            batch = decode(TelemetryBatch, msg.payload)
+        except PayloadError:
+            return
+        device = ids[msg.topic.split("/")[3]]
+        params: list[Any] = []
+        for sample in batch.samples:
+            for name, value in sample.values.items():
+                params += (sample.ts, device, metric_ids[name], value)
+        rows = len(params) // 4
+        conn.execute(
+            "INSERT INTO telemetry (ts, device_id, metric_id, value) VALUES "
+            + ",".join(["(%s, %s, %s, %s)"] * rows),
+            params,
+        )
+        progress[0], progress[1], progress[2] = progress[0] + rows, time.monotonic(), progress[2] + 1
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-naive", protocol=mqtt.MQTTv311)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.subscribe(f"{root}/v1/+/+/telemetry", qos=1)
+    client.loop_start()
+    subscribed.wait(10)
+    pipe.send("ready")
+    pipe.recv()  # stop
+    client.disconnect()
+    client.loop_stop()
+    conn.close()
+    pipe.send({})
+
+
+@dataclass
+class Consumer:
+    proc: mp.process.BaseProcess
+    pipe: Connection
+    progress: Progress
+
+    @classmethod
+    def start(cls, target: Any, *args: Any) -> Consumer:
+        ours, theirs = SPAWN.Pipe()
+        progress = SPAWN.Array("d", 3, lock=False)
+        proc = SPAWN.Process(target=target, args=(*args, theirs, progress), daemon=True)
+        proc.start()
+        if not ours.poll(60):
+            proc.terminate()
+            raise RuntimeError(f"{target.__name__} did not get ready")
+        ours.recv()
+        return cls(proc, ours, progress)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def stop(self) -> dict[str, float]:
+        self.pipe.send("stop")
+        stats: dict[str, float] = self.pipe.recv() if self.pipe.poll(60) else {}
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+        return stats
+
+
+# -- one measured phase ---------------------------------------------------------------------------
+
+
+@dataclass
+class Timeline:
+    start: float
+    points: list[tuple[float, float]] = field(default_factory=list)  # (s since start, rows committed)
+    last_commit_s: float = 0.0
+
+    def rate_between(self, lo: float, hi: float) -> float:
+        """Committed rows per second between the moments lo and hi of the final count were reached."""
+        final = self.points[-1][1] if self.points else 0.0
+        t_lo = next((t for t, r in self.points if r >= lo * final), 0.0)
+        t_hi = next((t for t, r in self.points if r >= hi * final), 0.0)
+        return (hi - lo) * final / (t_hi - t_lo) if t_hi > t_lo else 0.0
+
+
+def watch(
+    consumer: Consumer, publishers: Publishers, expected: int, started: float, stall_s: float
+) -> Timeline:
+    """Poll the consumer's committed-row counter until it reaches ``expected``, or stops moving for
+    ``stall_s`` after the publishers are done (a shortfall, reported by the caller)."""
+    timeline = Timeline(started)
+    while True:
+        time.sleep(0.05)
+        rows, changed = consumer.progress[0], consumer.progress[1]
+        now = time.monotonic()
+        timeline.points.append((now - started, rows))
+        if rows > 0:
+            timeline.last_commit_s = changed - started
+        if rows >= expected:
+            return timeline
+        if publishers.done() and now - max(changed, started) > stall_s:
+            return timeline
+
+
+@dataclass
+class PhaseResult:
+    committed: int
+    published: int
+    seconds: float  # first publish -> last commit
+    publish_s: float
+    timeline: Timeline
+    stats: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    consumer_threads: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    publisher_cpu_s: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return self.committed / self.seconds if self.seconds else 0.0
+
+
+def run_phase(
+    consumer: Consumer, broker: Broker, root: str, plan: Plan, dsn: str, publishers: int, stall_s: float
+) -> PhaseResult:
+    """Publish the plan at full speed and watch the consumer commit it; CPU, threads and peak RSS are read
+    before the consumer stops (its database backends were opened during the phase, so their lifetime CPU
+    is the phase's)."""
+    pubs = Publishers.start(broker, root, plan, publishers)
+    groups = {"consumer": [consumer.pid], "publishers": pubs.pids}
+    if broker.pid:
+        groups["mosquitto"] = [broker.pid]
+    cpu = CpuWatch(groups)
+    threads0 = thread_cpu(consumer.pid)
+    cpu.start()
+    try:
+        started = pubs.go()
+        timeline = watch(consumer, pubs, plan.readings, started, stall_s)
+        cpu.stop()
+        threads = {t: c - threads0.get(t, 0.0) for t, c in thread_cpu(consumer.pid).items()}
+        rss = peak_rss_mb(consumer.pid)
+        backends = backend_cpu(dsn)
+        while not pubs.done():
+            time.sleep(0.05)
+    finally:
+        pubs.finish()
+    stats = consumer.stop()
+    cpu_table = cpu.table() | backends
+    committed = int(scalar(dsn, "SELECT count(*) FROM telemetry"))
+    published = pubs.acked * plan.samples * len(METRICS)
+    return PhaseResult(
+        committed=committed,
+        published=published,
+        seconds=timeline.last_commit_s,
+        publish_s=pubs.seconds,
+        timeline=timeline,
+        stats=stats,
+        cpu=cpu_table,
+        consumer_threads=sorted(threads.values(), reverse=True),
+        peak_rss_mb=rss,
+        publisher_cpu_s=pubs.cpu_s,
+    )
+
+
+def ingest_settings(broker: Broker, dsn: str, root: str, run_id: str) -> Settings:
+    return Settings(
+        db=DatabaseSettings(dsn=dsn),
+        mqtt=MqttSettings(host=broker.host, port=broker.port),
+        ingest=IngestSettings(share_group=f"bench-{run_id}", client_id=f"lishui-bench-ingest-{run_id}"),
+        topic_root=root,
+        log_level="WARNING",
+        _env_file=None,
+    )
+
+
+def run_e2e(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
+    root = f"lishui-bench-{run_id}"
+    settings = ingest_settings(broker, dsn, root, run_id)
+    reset_tables(dsn)
+    consumer = Consumer.start(_ingest_child, settings)
+    try:
+        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+    finally:
+        if consumer.proc.is_alive():
+            consumer.proc.terminate()
+        forget_session(broker, str(settings.ingest.client_id))
+
+
+def backend_cpu(dsn: str) -> dict[str, float]:
+    """Lifetime CPU seconds of the consumers' open PostgreSQL backends, by application name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(nullif(application_name, ''), 'unnamed'), pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    out: dict[str, float] = {}
+    for name, pid in rows:
+        out[f"pg backend {name}"] = round(out.get(f"pg backend {name}", 0.0) + process_cpu(pid), 2)
+    return out
+
+
+def run_naive(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
+    root = f"lishui-bench-{run_id}-naive"
+    reset_tables(dsn)
+    consumer = Consumer.start(_naive_child, broker, root, dsn)
+    try:
+        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+    finally:
+        if consumer.proc.is_alive():
+            consumer.proc.terminate()
+
+
+@dataclass(frozen=True)
+class RawResult:
+    rows: int
+    seconds: float
+    csv_mb: float
+
+    @property
+    def per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def run_raw_copy(dsn: str, workdir: Path) -> RawResult:
+    """The committed rows, exported to CSV, loaded back into the emptied hypertable with psql's \\copy."""
+    path = workdir / "telemetry.csv"
+    psql(dsn, f"\\copy (SELECT ts, device_id, metric_id, value FROM telemetry) TO '{path}' CSV")
+    reset_tables(dsn)
+    started = time.perf_counter()
+    psql(dsn, f"\\copy telemetry(ts, device_id, metric_id, value) FROM '{path}' CSV")
+    seconds = time.perf_counter() - started
+    rows = int(scalar(dsn, "SELECT count(*) FROM telemetry"))
+    return RawResult(rows, seconds, path.stat().st_size / 1e6)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def naive_plan(plan: Plan, messages: int) -> Plan:
+    if messages >= plan.devices:
+        return replace(plan, messages=max(1, messages // plan.devices))
+    return replace(plan, devices=messages, messages=1)
+
+
+def report(plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, broker: str) -> dict[str, Any]:
+    ingest_cpu = e2e.cpu["consumer"]
+    cpu_per_m = ingest_cpu / e2e.committed * 1e6 if e2e.committed else 0.0
+    wall = e2e.seconds
+    print(
+        f"fleet: {plan.devices} devices on {plan.sites} sites, {plan.messages} messages each of"
+        f" {plan.samples} samples x {len(METRICS)} metrics = {plan.readings:,} readings in"
+        f" {plan.total_messages:,} messages; broker: {broker}"
+    )
+    print(
+        f"ingest e2e: {e2e.per_s:,.0f} readings/s ({e2e.committed:,} committed of {e2e.published:,} published"
+        f" in {wall:.1f} s; publishers done after {e2e.publish_s:.1f} s);"
+        f" steady (10-90 %): {e2e.timeline.rate_between(0.1, 0.9):,.0f}/s"
+    )
+    print(
+        f"  ingest process: {ingest_cpu:.1f} CPU s ({100 * ingest_cpu / wall:.0f} % of a core) ="
+        f" {cpu_per_m:.1f} CPU s per million readings; threads {[round(t, 1) for t in e2e.consumer_threads]}"
+        f" CPU s; peak RSS {e2e.peak_rss_mb:.0f} MB"
+    )
+    stats = e2e.stats
+    if stats.get("batches"):
+        print(
+            f"  writer: {stats['batches']:.0f} batches,"
+            f" {stats['batch_rows_sum'] / stats['batches']:,.0f} rows each,"
+            f" {1000 * stats['commit_s_sum'] / stats['batches']:.0f} ms each ="
+            f" {100 * stats['commit_s_sum'] / wall:.0f} % of the wall time in write+commit;"
+            f" invalid {stats.get('invalid', 0):.0f}, write errors {stats['write_errors']:.0f}"
+        )
+    print(f"  CPU s during the run (2 cores = {2 * wall:.0f} CPU s available): {e2e.cpu}")
+    print(
+        f"raw \\copy: {raw.per_s:,.0f} readings/s ({raw.rows:,} rows, {raw.csv_mb:.0f} MB CSV,"
+        f" {raw.seconds:.1f} s)"
+    )
+    print(
+        f"naive (INSERT per message, autocommit): {naive.per_s:,.0f} readings/s ({naive.committed:,} of"
+        f" {naive.published:,} in {naive.seconds:.1f} s)"
+    )
+    ratio_raw = e2e.per_s / raw.per_s if raw.per_s else 0.0
+    ratio_naive = e2e.per_s / naive.per_s if naive.per_s else 0.0
+    print(f"ratios: e2e/raw {ratio_raw:.2f}, e2e/naive {ratio_naive:.1f}x")
+    print(
+        f"fleet sampling every {plan.period_s:g} s produces {plan.realtime_per_s:,.0f} readings/s:"
+        f" ingest headroom {e2e.per_s / plan.realtime_per_s:.2f}x"
+    )
+    return {
+        "devices": plan.devices,
+        "readings": e2e.committed,
+        "published": e2e.published,
+        "lost": e2e.published - e2e.committed,
+        "e2e_per_s": round(e2e.per_s),
+        "e2e_steady_per_s": round(e2e.timeline.rate_between(0.1, 0.9)),
+        "raw_copy_per_s": round(raw.per_s),
+        "naive_per_s": round(naive.per_s),
+        "naive_lost": naive.published - naive.committed,
+        "ratio_raw": round(ratio_raw, 3),
+        "ratio_naive": round(ratio_naive, 2),
+        "cpu_s_per_m_readings": round(cpu_per_m, 2),
+        "peak_rss_mb": round(e2e.peak_rss_mb, 1),
+        "broker": broker,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a small fleet, under a minute")
+    parser.add_argument("--devices", type=int, help="default 10,000 (--quick: 2,000)")
+    parser.add_argument("--messages", type=int, help="messages per device (default 6, --quick 5)")
+    parser.add_argument("--samples", type=int, default=5, help="samples per message")
+    parser.add_argument("--sites", type=int, default=8)
+    parser.add_argument("--naive-messages", type=int, help="default 20,000 (--quick 4,000)")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--stall", type=float, default=20.0, help="give up after no commit for this long, s")
+    parser.add_argument("--broker", choices=("own", "system"), default="own")
+    args = parser.parse_args()
+    args.devices = args.devices or (2_000 if args.quick else 10_000)
+    args.messages = args.messages or (5 if args.quick else 6)
+    args.naive_messages = args.naive_messages or (4_000 if args.quick else 20_000)
+    return args
+
+
+def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    plan = Plan(args.devices, args.sites, args.messages, args.samples, 1.0, now - timedelta(hours=1))
+    dsn = asyncio.run(create_database(run_id))
+    try:
+        asyncio.run(register_fleet(dsn, plan))
+        e2e = run_e2e(broker, dsn, plan, run_id, args)
+        raw = run_raw_copy(dsn, workdir)
+        naive = run_naive(broker, dsn, naive_plan(plan, args.naive_messages), run_id, args)
+    finally:
+        drop_database(dsn)
+    name = f"own mosquitto :{broker.port} (max_queued_messages 0)" if broker.pid else "system mosquitto :1883"
+    summary = report(plan, e2e, raw, naive, name)
+    for line in broker.dropped_notices()[:5]:
+        print(f"broker: {line}")
+    return summary
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="lishui-bench-"))
+    os.chmod(workdir, 0o755)
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.broker == "own":
+                broker = stack.enter_context(own_broker(workdir))
+            else:
+                broker = Broker("127.0.0.1", 1883)
+            summary = run(args, broker, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
