@@ -32,6 +32,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -416,6 +417,9 @@ class Publishers:
 def _ingest_child(settings: Settings, pipe: Connection, progress: Progress) -> None:
     from core.service import setup_logging
 
+    # This file is bench/ingest.py and its folder heads sys.path: "ingest" must be the package, not us.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     setup_logging("WARNING", json_lines=False)
     asyncio.run(_run_ingest(settings, pipe, progress))
 
@@ -434,332 +438,60 @@ async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) 
     await asyncio.wait_for(service.ready.wait(), 30)
     pipe.send("ready")
 
-    async def report() -> None:  # the writer's counter, for the parent to watch
-        while True:
-            rows = REGISTRY.get_sample_value("lishui_ingest_rows_written_total") or 0.0
-            if rows != progress[0]:
-                progress[0], progress[1] = rows, time.monotonic()
-            await asyncio.sleep(0.02)
-
-    reporter = asyncio.create_task(report())
-    await stop.wait()
-    reporter.cancel()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    pipe.recv()
-    pipe.send(_ingest_counters(REGISTRY))
-
-
-def _ingest_counters(reg: Any) -> dict[str, float]:
-    names = {
-        "messages": ("lishui_ingest_messages_total", {"channel": "telemetry"}),
-        "rows_written": ("lishui_ingest_rows_written_total", {}),
-        "rows_duplicate": ("lishui_ingest_rows_duplicate_total", {}),
-        "batches": ("lishui_ingest_batches_total", {}),
-        "write_errors": ("lishui_ingest_write_errors_total", {}),
-        "commit_s_sum": ("lishui_ingest_commit_seconds_sum", {}),
-        "batch_rows_sum": ("lishui_ingest_batch_rows_sum", {}),
-        "rollup_buckets": ("lishui_ingest_rollup_buckets_total", {}),
-    }
-    out = {key: reg.get_sample_value(name, labels) or 0.0 for key, (name, labels) in names.items()}
-    for metric in reg.collect():
-        if metric.name == "lishui_ingest_invalid":
-            out["invalid"] = sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return out
-
-
-def _naive_child(broker: Broker, root: str, dsn: str, pipe: Connection, progress: Progress) -> None:
-    """The hobby ingestor: one subscriber, per message one INSERT of its rows, autocommit. (Devices are
-    looked up in a dict loaded up front, and payloads validated like ingest does: only the design differs.)"""
-    conn = psycopg.connect(dsn, autocommit=True)
-    ids: dict[str, int] = dict(conn.execute("SELECT key, id FROM devices").fetchall())
-    metric_ids = {m.name: m.id for m in CATALOGUE}
-    subscribed = threading.Event()
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            batch = decode(TelemetryBatch, msg.payload)
-        except PayloadError:
-            return
-        device = ids[msg.topic.split("/")[3]]
-        params: list[Any] = []
-        for sample in batch.samples:
-            for name, value in sample.values.items():
-                params += (sample.ts, device, metric_ids[name], value)
-        rows = len(params) // 4
-        conn.execute(
-            "INSERT INTO telemetry (ts, device_id, metric_id, value) VALUES "
-            + ",".join(["(%s, %s, %s, %s)"] * rows),
-            params,
-        )
-        progress[0], progress[1], progress[2] = progress[0] + rows, time.monotonic(), progress[2] + 1
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-naive", protocol=mqtt.MQTTv311)
-    client.on_message = on_message
-    client.on_subscribe = lambda *args: subscribed.set()
-    client.connect(broker.host, broker.port)
-    client.subscribe(f"{root}/v1/+/+/telemetry", qos=1)
-    client.loop_start()
-    subscribed.wait(10)
-    pipe.send("ready")
-    pipe.recv()  # stop
-    client.disconnect()
-    client.loop_stop()
-    conn.close()
-    pipe.send({})
-
-
-@dataclass
-class Consumer:
-    proc: mp.process.BaseProcess
-    pipe: Connection
-    progress: Progress
-
-    @classmethod
-    def start(cls, target: Any, *args: Any) -> Consumer:
-        ours, theirs = SPAWN.Pipe()
-        progress = SPAWN.Array("d", 3, lock=False)
-        proc = SPAWN.Process(target=target, args=(*args, theirs, progress), daemon=True)
-        proc.start()
-        if not ours.poll(60):
-            proc.terminate()
-            raise RuntimeError(f"{target.__name__} did not get ready")
-        ours.recv()
-        return cls(proc, ours, progress)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc.pid is not None
-        return self.proc.pid
-
-    def stop(self) -> dict[str, float]:
-        self.pipe.send("stop")
-        stats: dict[str, float] = self.pipe.recv() if self.pipe.poll(60) else {}
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-        return stats
-
-
-# -- one measured phase ---------------------------------------------------------------------------
-
-
-@dataclass
-class Timeline:
-    start: float
-    points: list[tuple[float, float]] = field(default_factory=list)  # (s since start, rows committed)
-    last_commit_s: float = 0.0
-
-    def rate_between(self, lo: float, hi: float) -> float:
-        """Committed rows per second between the moments lo and hi of the final count were reached."""
-        final = self.points[-1][1] if self.points else 0.0
-        t_lo = next((t for t, r in self.points if r >= lo * final), 0.0)
-        t_hi = next((t for t, r in self.points if r >= hi * final), 0.0)
-        return (hi - lo) * final / (t_hi - t_lo) if t_hi > t_lo else 0.0
-
-
-def watch(
-    consumer: Consumer, publishers: Publishers, expected: int, started: float, stall_s: float
-) -> Timeline:
-    """Poll the consumer's committed-row counter until it reaches ``expected``, or stops moving for
-    ``stall_s`` after the publishers are done (a shortfall, reported by the caller)."""
-    timeline = Timeline(started)
-    while True:
-        time.sleep(0.05)
-        rows, changed = consumer.progress[0], consumer.progress[1]
-        now = time.monotonic()
-        timeline.points.append((now - started, rows))
-        if rows > 0:
-            timeline.last_commit_s = changed - started
-        if rows >= expected:
-            return timeline
-        if publishers.done() and now - max(changed, started) > stall_s:
-            return timeline
-
-
-@dataclass
-class PhaseResult:
-    committed: int
-    published: int
-    seconds: float  # first publish -> last commit
-    publish_s: float
-    timeline: Timeline
-    stats: dict[str, float] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)
-    consumer_threads: list[float] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
-    publisher_cpu_s: float = 0.0
-
-    @property
-    def per_s(self) -> float:
-        return self.committed / self.seconds if self.seconds else 0.0
-
-
-def run_phase(
-    consumer: Consumer, broker: Broker, root: str, plan: Plan, dsn: str, publishers: int, stall_s: float
-) -> PhaseResult:
-    """Publish the plan at full speed and watch the consumer commit it; CPU, threads and peak RSS are read
-    before the consumer stops (its database backends were opened during the phase, so their lifetime CPU
-    is the phase's)."""
-    pubs = Publishers.start(broker, root, plan, publishers)
-    groups = {"consumer": [consumer.pid], "publishers": pubs.pids}
-    if broker.pid:
-        groups["mosquitto"] = [broker.pid]
-    cpu = CpuWatch(groups)
-    threads0 = thread_cpu(consumer.pid)
-    cpu.start()
-    try:
-        started = pubs.go()
-        timeline = watch(consumer, pubs, plan.readings, started, stall_s)
-        cpu.stop()
-        threads = {t: c - threads0.get(t, 0.0) for t, c in thread_cpu(consumer.pid).items()}
-        rss = peak_rss_mb(consumer.pid)
-        backends = backend_cpu(dsn)
-        while not pubs.done():
-            time.sleep(0.05)
-    finally:
-        pubs.finish()
-    stats = consumer.stop()
-    cpu_table = cpu.table() | backends
-    committed = int(scalar(dsn, "SELECT count(*) FROM telemetry"))
-    published = pubs.acked * plan.samples * len(METRICS)
-    return PhaseResult(
-        committed=committed,
-        published=published,
-        seconds=timeline.last_commit_s,
-        publish_s=pubs.seconds,
-        timeline=timeline,
-        stats=stats,
-        cpu=cpu_table,
-        consumer_threads=sorted(threads.values(), reverse=True),
-        peak_rss_mb=rss,
-        publisher_cpu_s=pubs.cpu_s,
-    )
-
-
-def ingest_settings(broker: Broker, dsn: str, root: str, run_id: str) -> Settings:
-    return Settings(
-        db=DatabaseSettings(dsn=dsn),
-        mqtt=MqttSettings(host=broker.host, port=broker.port),
-        ingest=IngestSettings(share_group=f"bench-{run_id}", client_id=f"lishui-bench-ingest-{run_id}"),
-        topic_root=root,
-        log_level="WARNING",
-        _env_file=None,
-    )
-
-
-def run_e2e(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
-    root = f"lishui-bench-{run_id}"
-    settings = ingest_settings(broker, dsn, root, run_id)
-    reset_tables(dsn)
-    consumer = Consumer.start(_ingest_child, settings)
-    try:
-        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
-    finally:
-        if consumer.proc.is_alive():
-            consumer.proc.terminate()
-        forget_session(broker, str(settings.ingest.client_id))
-
-
-def backend_cpu(dsn: str) -> dict[str, float]:
-    """Lifetime CPU seconds of the consumers' open PostgreSQL backends, by application name."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT coalesce(nullif(application_name, ''), 'unnamed'), pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    out: dict[str, float] = {}
-    for name, pid in rows:
-        out[f"pg backend {name}"] = round(out.get(f"pg backend {name}", 0.0) + process_cpu(pid), 2)
-    return out
-
-
-def run_naive(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
-    root = f"lishui-bench-{run_id}-naive"
-    reset_tables(dsn)
-    consumer = Consumer.start(_naive_child, broker, root, dsn)
-    try:
-        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
-    finally:
-        if consumer.proc.is_alive():
-            consumer.proc.terminate()
-
-
-@dataclass(frozen=True)
-class RawResult:
-    rows: int
-    seconds: float
-    csv_mb: float
-
-    @property
-    def per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds else 0.0
-
-
-def run_raw_copy(dsn: str, workdir: Path) -> RawResult:
-    """The committed rows, exported to CSV, loaded back into the emptied hypertable with psql's \\copy."""
-    path = workdir / "telemetry.csv"
-    psql(dsn, f"\\copy (SELECT ts, device_id, metric_id, value FROM telemetry) TO '{path}' CSV")
-    reset_tables(dsn)
-    started = time.perf_counter()
-    psql(dsn, f"\\copy telemetry(ts, device_id, metric_id, value) FROM '{path}' CSV")
-    seconds = time.perf_counter() - started
-    rows = int(scalar(dsn, "SELECT count(*) FROM telemetry"))
-    return RawResult(rows, seconds, path.stat().st_size / 1e6)
-
-
-# -- report ---------------------------------------------------------------------------------------
-
-
-def naive_plan(plan: Plan, messages: int) -> Plan:
-    if messages >= plan.devices:
-        return replace(plan, messages=max(1, messages // plan.devices))
-    return replace(plan, devices=messages, messages=1)
-
-
-def report(plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, broker: str) -> dict[str, Any]:
-    ingest_cpu = e2e.cpu["consumer"]
-    cpu_per_m = ingest_cpu / e2e.committed * 1e6 if e2e.committed else 0.0
-    wall = e2e.seconds
+    async def print_e2e(plan: Plan, e2e: PhaseResult, broker: str) -> None:
+    wall, cpu = e2e.seconds, e2e.cpu["consumer"]
     print(
-        f"fleet: {plan.devices} devices on {plan.sites} sites, {plan.messages} messages each of"
+        f"fleet: {plan.devices:,} devices on {plan.sites} sites, {plan.messages} messages each of"
         f" {plan.samples} samples x {len(METRICS)} metrics = {plan.readings:,} readings in"
         f" {plan.total_messages:,} messages; broker: {broker}"
     )
     print(
         f"ingest e2e: {e2e.per_s:,.0f} readings/s ({e2e.committed:,} committed of {e2e.published:,} published"
-        f" in {wall:.1f} s; publishers done after {e2e.publish_s:.1f} s);"
-        f" steady (10-90 %): {e2e.timeline.rate_between(0.1, 0.9):,.0f}/s"
+        f" in {wall:.1f} s, first publish to last commit; publishers done after {e2e.publish_s:.1f} s);"
+        f" steady (10-90 % of rows): {e2e.timeline.rate_between(0.1, 0.9):,.0f}/s"
     )
     print(
-        f"  ingest process: {ingest_cpu:.1f} CPU s ({100 * ingest_cpu / wall:.0f} % of a core) ="
-        f" {cpu_per_m:.1f} CPU s per million readings; threads {[round(t, 1) for t in e2e.consumer_threads]}"
-        f" CPU s; peak RSS {e2e.peak_rss_mb:.0f} MB"
+        f"  ingest process: {cpu:.1f} CPU s ({100 * cpu / wall:.0f} % of a core) ="
+        f" {cpu_per_million(e2e):.1f} CPU s per million readings (asyncio thread {e2e.main_thread_cpu:.1f} s,"
+        f" paho thread {e2e.other_threads_cpu:.1f} s); peak RSS {e2e.peak_rss_mb:.0f} MB"
     )
     stats = e2e.stats
     if stats.get("batches"):
+        batches = stats["batches"]
         print(
-            f"  writer: {stats['batches']:.0f} batches,"
-            f" {stats['batch_rows_sum'] / stats['batches']:,.0f} rows each,"
-            f" {1000 * stats['commit_s_sum'] / stats['batches']:.0f} ms each ="
-            f" {100 * stats['commit_s_sum'] / wall:.0f} % of the wall time in write+commit;"
-            f" invalid {stats.get('invalid', 0):.0f}, write errors {stats['write_errors']:.0f}"
+            f"  writer: {batches:.0f} batches of {stats['batch_rows_sum'] / batches:,.0f} rows,"
+            f" {1000 * stats['commit_s_sum'] / batches:.0f} ms each to write+commit ="
+            f" {100 * stats['commit_s_sum'] / wall:.0f} % of the wall time; rows counted by the writer"
+            f" {stats['rows_written']:,.0f}, invalid {stats.get('invalid', 0):.0f},"
+            f" write errors {stats['write_errors']:.0f}"
         )
-    print(f"  CPU s during the run (2 cores = {2 * wall:.0f} CPU s available): {e2e.cpu}")
+    print(f"  CPU s in that time (2 cores = {2 * wall:.0f} CPU s): {e2e.cpu}")
+
+
+def print_yardsticks(raw: RawResult, naive: PhaseResult) -> None:
     print(
-        f"raw \\copy: {raw.per_s:,.0f} readings/s ({raw.rows:,} rows, {raw.csv_mb:.0f} MB CSV,"
-        f" {raw.seconds:.1f} s)"
+        f"raw \\copy: {raw.per_s:,.0f} readings/s ({raw.rows:,} rows from a {raw.csv_mb:.0f} MB CSV"
+        f" in {raw.seconds:.1f} s)"
     )
     print(
-        f"naive (INSERT per message, autocommit): {naive.per_s:,.0f} readings/s ({naive.committed:,} of"
-        f" {naive.published:,} in {naive.seconds:.1f} s)"
+        f"naive (one INSERT per message, autocommit): {naive.per_s:,.0f} readings/s ({naive.committed:,}"
+        f" committed of {naive.published:,} published in {naive.seconds:.1f} s);"
+        f" CPU s: {naive.cpu}"
     )
+
+
+def cpu_per_million(e2e: PhaseResult) -> float:
+    return e2e.cpu["consumer"] / e2e.committed * 1e6 if e2e.committed else 0.0
+
+
+def report(plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, broker: str) -> dict[str, Any]:
+    print_e2e(plan, e2e, broker)
+    print_yardsticks(raw, naive)
     ratio_raw = e2e.per_s / raw.per_s if raw.per_s else 0.0
     ratio_naive = e2e.per_s / naive.per_s if naive.per_s else 0.0
-    print(f"ratios: e2e/raw {ratio_raw:.2f}, e2e/naive {ratio_naive:.1f}x")
+    print(f"ratios: e2e/raw {ratio_raw:.2f}, e2e/naive {ratio_naive:.2f}")
     print(
-        f"fleet sampling every {plan.period_s:g} s produces {plan.realtime_per_s:,.0f} readings/s:"
+        f"a fleet this size sampling every {plan.period_s:g} s makes {plan.realtime_per_s:,.0f} readings/s:"
         f" ingest headroom {e2e.per_s / plan.realtime_per_s:.2f}x"
     )
     return {
@@ -771,10 +503,11 @@ def report(plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, bro
         "e2e_steady_per_s": round(e2e.timeline.rate_between(0.1, 0.9)),
         "raw_copy_per_s": round(raw.per_s),
         "naive_per_s": round(naive.per_s),
+        "naive_readings": naive.committed,
         "naive_lost": naive.published - naive.committed,
         "ratio_raw": round(ratio_raw, 3),
         "ratio_naive": round(ratio_naive, 2),
-        "cpu_s_per_m_readings": round(cpu_per_m, 2),
+        "cpu_s_per_m_readings": round(cpu_per_million(e2e), 2),
         "peak_rss_mb": round(e2e.peak_rss_mb, 1),
         "broker": broker,
     }
@@ -786,7 +519,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="a small fleet, under a minute")
     parser.add_argument("--devices", type=int, help="default 10,000 (--quick: 2,000)")
-    parser.add_argument("--messages", type=int, help="messages per device (default 6, --quick 5)")
+    parser.add_argument("--messages", type=int, help="messages per device (default 10, --quick 5)")
     parser.add_argument("--samples", type=int, default=5, help="samples per message")
     parser.add_argument("--sites", type=int, default=8)
     parser.add_argument("--naive-messages", type=int, help="default 20,000 (--quick 4,000)")
@@ -795,7 +528,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--broker", choices=("own", "system"), default="own")
     args = parser.parse_args()
     args.devices = args.devices or (2_000 if args.quick else 10_000)
-    args.messages = args.messages or (5 if args.quick else 6)
+    args.messages = args.messages or (5 if args.quick else 10)
     args.naive_messages = args.naive_messages or (4_000 if args.quick else 20_000)
     return args
 
@@ -821,6 +554,7 @@ def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, An
 
 def main() -> None:
     args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="lishui-bench-"))
     os.chmod(workdir, 0o755)
@@ -834,6 +568,8 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(summary))
+    if summary["lost"] or summary["naive_lost"]:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ const state = {
   devices: [],
   latest: new Map(), // device key -> Map(metric -> {value, unit, ts})
   selected: null,
+  scrollToDetail: false,
   siteFilter: null,
   search: "",
   lastSuccess: null,
@@ -79,14 +80,14 @@ async function getAll(path, params = {}) {
   }
 }
 
+// The catalogue and the towns rarely change: loaded until they arrive, then kept.
 async function loadCatalogues() {
-  if (state.metrics.size === 0) {
-    const metrics = await attempt("metrics", () => getJson("/api/v1/metrics"));
-    if (metrics) state.metrics = new Map(metrics.map((m) => [m.name, m]));
-  }
-  if (state.towns.length === 0) {
-    state.towns = (await attempt("towns", () => getJson("/api/v1/towns"))) ?? [];
-  }
+  const [metrics, towns] = await Promise.all([
+    state.metrics.size ? null : attempt("metrics", () => getJson("/api/v1/metrics")),
+    state.towns.length ? null : attempt("towns", () => getJson("/api/v1/towns")),
+  ]);
+  if (metrics) state.metrics = new Map(metrics.map((m) => [m.name, m]));
+  if (towns) state.towns = towns;
 }
 
 async function loadRegistry() {
@@ -138,6 +139,8 @@ async function loadDetail() {
     const [device, latest, series] = result;
     state.latest.set(key, new Map(latest.values.map((v) => [v.metric, v])));
     renderDetail(device, series);
+    if (state.scrollToDetail) $("detail").scrollIntoView({ behavior: "smooth", block: "start" });
+    state.scrollToDetail = false;
   }
 }
 
@@ -287,7 +290,11 @@ function renderDevices() {
   );
   $("device-rows").replaceChildren(...rows);
   $("devices-empty").hidden = rows.length > 0;
-  $("devices-empty").textContent = state.devices.length ? "No device matches the filter." : "No devices.";
+  $("devices-empty").textContent = state.devices.length
+    ? "No device matches the filter."
+    : errors.has("devices")
+      ? "Could not load the devices (see the message above)."
+      : "No devices.";
 
   const chip = $("site-filter");
   chip.hidden = !state.siteFilter;
@@ -369,8 +376,8 @@ function onHashChange() {
   $("detail-meta").textContent = "Loading…";
   $("chart").replaceChildren();
   $("latest").replaceChildren();
+  state.scrollToDetail = true; // once it is drawn, at its full height
   loadDetail();
-  $("detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 function setSiteFilter(site) {
@@ -382,8 +389,7 @@ function setSiteFilter(site) {
 // ---- refresh loop -------------------------------------------------------------------------------
 
 async function refresh() {
-  await loadCatalogues();
-  await loadRegistry();
+  await Promise.all([loadCatalogues(), loadRegistry()]);
   renderAll(); // the registry first: the table appears before the latest values arrive
   await Promise.all([loadLatest(), loadDetail()]);
   renderDevices();
