@@ -181,6 +181,43 @@ class CpuWatch:
         return {name: round(self.used(pids), 2) for name, pids in self.groups.items()}
 
 
+class WaitSampler(threading.Thread):
+    """Samples what the consumers' PostgreSQL backends are doing (pg_stat_activity) ten times a second:
+    ``active`` with no wait is CPU; ``Client/ClientRead`` is waiting for the client (COPY data, the next
+    statement); ``Lock/...`` is waiting for another transaction; ``IO/...`` and ``LWLock/...`` the server."""
+
+    def __init__(self, dsn: str, interval_s: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self._dsn = dsn
+        self._interval_s = interval_s
+        self._halt = threading.Event()
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._halt.wait(self._interval_s):
+                rows = conn.execute(
+                    "SELECT application_name, state, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND application_name LIKE %s",
+                    ("lishui%",),
+                ).fetchall()
+                for app, state, wait_type, wait_event in rows:
+                    label = f"{state}: {wait_type}/{wait_event}" if wait_type else f"{state}: on CPU"
+                    per_app = self.counts.setdefault(app, {})
+                    per_app[label] = per_app.get(label, 0) + 1
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Per application, the share of samples (%) in each state, largest first."""
+        self._halt.set()
+        self.join(5)
+        out: dict[str, dict[str, float]] = {}
+        for app, counts in self.counts.items():
+            total = sum(counts.values())
+            ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+            out[app] = {label: round(100 * n / total, 1) for label, n in ranked if n / total >= 0.01}
+        return out
+
+
 # -- the broker -----------------------------------------------------------------------------------
 
 
@@ -389,6 +426,16 @@ class Publishers:
             self.results = [pipe.recv() for pipe in self.pipes] if all(p.poll() for p in self.pipes) else []
         return len(self.results) == len(self.pipes)
 
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.procs)
+
+    def wait(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.done():
+            if time.monotonic() > deadline or not self.alive():
+                raise RuntimeError("a publisher did not finish")
+            time.sleep(0.05)
+
     def finish(self) -> None:
         for pipe in self.pipes:
             with contextlib.suppress(OSError):
@@ -438,7 +485,300 @@ async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) 
     await asyncio.wait_for(service.ready.wait(), 30)
     pipe.send("ready")
 
-    async def print_e2e(plan: Plan, e2e: PhaseResult, broker: str) -> None:
+    async def publish_progress() -> None:  # the writer's counter, for the parent to watch
+        while True:
+            rows = REGISTRY.get_sample_value("lishui_ingest_rows_written_total") or 0.0
+            if rows != progress[0]:
+                progress[0], progress[1] = rows, time.monotonic()
+            await asyncio.sleep(0.05)
+
+    reporter = asyncio.create_task(publish_progress())
+    await stop.wait()
+    reporter.cancel()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    pipe.recv()
+    pipe.send(_ingest_counters(REGISTRY))
+
+
+def _ingest_counters(reg: Any) -> dict[str, float]:
+    names = {
+        "messages": ("lishui_ingest_messages_total", {"channel": "telemetry"}),
+        "rows_written": ("lishui_ingest_rows_written_total", {}),
+        "rows_duplicate": ("lishui_ingest_rows_duplicate_total", {}),
+        "batches": ("lishui_ingest_batches_total", {}),
+        "write_errors": ("lishui_ingest_write_errors_total", {}),
+        "commit_s_sum": ("lishui_ingest_commit_seconds_sum", {}),
+        "batch_rows_sum": ("lishui_ingest_batch_rows_sum", {}),
+        "rollup_buckets": ("lishui_ingest_rollup_buckets_total", {}),
+    }
+    out = {key: reg.get_sample_value(name, labels) or 0.0 for key, (name, labels) in names.items()}
+    for metric in reg.collect():
+        if metric.name == "lishui_ingest_invalid":
+            out["invalid"] = sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return out
+
+
+def _naive_child(broker: Broker, root: str, dsn: str, pipe: Connection, progress: Progress) -> None:
+    """The hobby ingestor: one subscriber, per message one INSERT of its rows, autocommit. (Devices are
+    looked up in a dict loaded up front, and payloads validated like ingest does: only the design differs.)"""
+    conn = psycopg.connect(dsn, autocommit=True, application_name="lishui-bench-naive")
+    ids: dict[str, int] = dict(conn.execute("SELECT key, id FROM devices").fetchall())
+    metric_ids = {m.name: m.id for m in CATALOGUE}
+    subscribed = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            batch = decode(TelemetryBatch, msg.payload)
+        except PayloadError:
+            return
+        device = ids[msg.topic.split("/")[3]]
+        params: list[Any] = []
+        for sample in batch.samples:
+            for name, value in sample.values.items():
+                params += (sample.ts, device, metric_ids[name], value)
+        rows = len(params) // 4
+        conn.execute(
+            "INSERT INTO telemetry (ts, device_id, metric_id, value) VALUES "
+            + ",".join(["(%s, %s, %s, %s)"] * rows),
+            params,
+        )
+        progress[0], progress[1], progress[2] = progress[0] + rows, time.monotonic(), progress[2] + 1
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-naive", protocol=mqtt.MQTTv311)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.subscribe(f"{root}/v1/+/+/telemetry", qos=1)
+    client.loop_start()
+    subscribed.wait(10)
+    pipe.send("ready")
+    pipe.recv()  # stop
+    client.disconnect()
+    client.loop_stop()
+    conn.close()
+    pipe.send({})
+
+
+@dataclass
+class Consumer:
+    proc: mp.process.BaseProcess
+    pipe: Connection
+    progress: Progress
+
+    @classmethod
+    def start(cls, target: Any, *args: Any) -> Consumer:
+        ours, theirs = SPAWN.Pipe()
+        progress = SPAWN.Array("d", 3, lock=False)
+        proc = SPAWN.Process(target=target, args=(*args, theirs, progress), daemon=True)
+        proc.start()
+        deadline = time.monotonic() + 60
+        while not ours.poll(0.1):
+            if not proc.is_alive() or time.monotonic() > deadline:
+                proc.terminate()
+                raise RuntimeError(f"{target.__name__} did not get ready")
+        ours.recv()
+        return cls(proc, ours, progress)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def stop(self) -> dict[str, float]:
+        self.pipe.send("stop")
+        stats: dict[str, float] = self.pipe.recv() if self.pipe.poll(60) else {}
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+        return stats
+
+
+# -- one measured phase ---------------------------------------------------------------------------
+
+
+@dataclass
+class Timeline:
+    start: float
+    points: list[tuple[float, float]] = field(default_factory=list)  # (s since start, rows committed)
+    last_commit_s: float = 0.0
+
+    def rate_between(self, lo: float, hi: float) -> float:
+        """Committed rows per second between the moments lo and hi of the final count were reached."""
+        final = self.points[-1][1] if self.points else 0.0
+        t_lo = next((t for t, r in self.points if r >= lo * final), 0.0)
+        t_hi = next((t for t, r in self.points if r >= hi * final), 0.0)
+        return (hi - lo) * final / (t_hi - t_lo) if t_hi > t_lo else 0.0
+
+
+def watch(
+    consumer: Consumer, publishers: Publishers, expected: int, started: float, stall_s: float
+) -> Timeline:
+    """Poll the consumer's committed-row counter until it reaches ``expected``, or stops moving for
+    ``stall_s`` after the publishers are done (a shortfall, reported by the caller)."""
+    timeline = Timeline(started)
+    while True:
+        time.sleep(0.05)
+        rows, changed = consumer.progress[0], consumer.progress[1]
+        now = time.monotonic()
+        timeline.points.append((now - started, rows))
+        if rows > 0:
+            timeline.last_commit_s = changed - started
+        if rows >= expected:
+            return timeline
+        if (publishers.done() or not publishers.alive()) and now - max(changed, started) > stall_s:
+            return timeline
+
+
+@dataclass
+class PhaseResult:
+    committed: int
+    published: int
+    seconds: float  # first publish -> last commit
+    publish_s: float
+    timeline: Timeline
+    stats: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    main_thread_cpu: float = 0.0  # the consumer's main thread (ingest: the asyncio loop)
+    other_threads_cpu: float = 0.0  # paho's network thread and any others
+    peak_rss_mb: float = 0.0
+    waits: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def per_s(self) -> float:
+        return self.committed / self.seconds if self.seconds else 0.0
+
+
+def run_phase(
+    consumer: Consumer, broker: Broker, root: str, plan: Plan, dsn: str, publishers: int, stall_s: float
+) -> PhaseResult:
+    """Publish the plan at full speed and watch the consumer commit it; CPU, threads and peak RSS are read
+    before the consumer stops (its database backends were opened during the phase, so their lifetime CPU
+    is the phase's)."""
+    pubs = Publishers.start(broker, root, plan, publishers)
+    groups = {"consumer": [consumer.pid], "publishers": pubs.pids}
+    if broker.pid:
+        groups["mosquitto"] = [broker.pid]
+    cpu = CpuWatch(groups)
+    threads0 = thread_cpu(consumer.pid)
+    sampler = WaitSampler(dsn)
+    cpu.start()
+    sampler.start()
+    try:
+        started = pubs.go()
+        timeline = watch(consumer, pubs, plan.readings, started, stall_s)
+        cpu.stop()
+        waits = sampler.stop()
+        threads = {t: c - threads0.get(t, 0.0) for t, c in thread_cpu(consumer.pid).items()}
+        rss = peak_rss_mb(consumer.pid)
+        backends = backend_cpu(dsn)
+        pubs.wait()
+    finally:
+        pubs.finish()
+    stats = consumer.stop()
+    return PhaseResult(
+        committed=int(scalar(dsn, "SELECT count(*) FROM telemetry")),
+        published=pubs.acked * plan.samples * len(METRICS),
+        seconds=timeline.last_commit_s,
+        publish_s=pubs.seconds,
+        timeline=timeline,
+        stats=stats,
+        cpu=cpu.table() | backends,
+        main_thread_cpu=threads.get(consumer.pid, 0.0),
+        other_threads_cpu=sum(c for t, c in threads.items() if t != consumer.pid),
+        peak_rss_mb=rss,
+        waits=waits,
+    )
+
+
+def backend_cpu(dsn: str) -> dict[str, float]:
+    """Lifetime CPU seconds of the consumers' open PostgreSQL backends, by application name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE %s",
+            ("lishui%",),
+        ).fetchall()
+    out: dict[str, float] = {}
+    for name, pid in rows:
+        out[f"pg backend {name}"] = round(out.get(f"pg backend {name}", 0.0) + process_cpu(pid), 2)
+    return out
+
+
+def ingest_settings(broker: Broker, dsn: str, root: str, run_id: str, args: argparse.Namespace) -> Settings:
+    tuning = {"rollup_interval_s": args.rollup_interval, "batch_max_rows": args.batch_rows}
+    return Settings(
+        db=DatabaseSettings(dsn=dsn),
+        mqtt=MqttSettings(host=broker.host, port=broker.port),
+        ingest=IngestSettings(
+            share_group=f"bench-{run_id}",
+            client_id=f"lishui-bench-ingest-{run_id}",
+            **{k: v for k, v in tuning.items() if v is not None},
+        ),
+        topic_root=root,
+        log_level="WARNING",
+        _env_file=None,
+    )
+
+
+def run_e2e(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
+    root = f"lishui-bench-{run_id}"
+    settings = ingest_settings(broker, dsn, root, run_id, args)
+    reset_tables(dsn)
+    consumer = Consumer.start(_ingest_child, settings)
+    try:
+        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+    finally:
+        if consumer.proc.is_alive():
+            consumer.proc.terminate()
+        forget_session(broker, str(settings.ingest.client_id))
+
+
+def run_naive(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Namespace) -> PhaseResult:
+    root = f"lishui-bench-{run_id}-naive"
+    reset_tables(dsn)
+    consumer = Consumer.start(_naive_child, broker, root, dsn)
+    try:
+        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+    finally:
+        if consumer.proc.is_alive():
+            consumer.proc.terminate()
+
+
+@dataclass(frozen=True)
+class RawResult:
+    rows: int
+    seconds: float
+    csv_mb: float
+
+    @property
+    def per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def run_raw_copy(dsn: str, workdir: Path) -> RawResult:
+    """The committed rows, exported to CSV, loaded back into the emptied hypertable with psql's \\copy."""
+    path = workdir / "telemetry.csv"
+    psql(dsn, f"\\copy (SELECT ts, device_id, metric_id, value FROM telemetry) TO '{path}' CSV")
+    reset_tables(dsn)
+    started = time.perf_counter()
+    psql(dsn, f"\\copy telemetry(ts, device_id, metric_id, value) FROM '{path}' CSV")
+    seconds = time.perf_counter() - started
+    rows = int(scalar(dsn, "SELECT count(*) FROM telemetry"))
+    return RawResult(rows, seconds, path.stat().st_size / 1e6)
+
+
+def naive_plan(plan: Plan, messages: int) -> Plan:
+    if messages >= plan.devices:
+        return replace(plan, messages=max(1, messages // plan.devices))
+    return replace(plan, devices=messages, messages=1)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def print_e2e(plan: Plan, e2e: PhaseResult, broker: str) -> None:
     wall, cpu = e2e.seconds, e2e.cpu["consumer"]
     print(
         f"fleet: {plan.devices:,} devices on {plan.sites} sites, {plan.messages} messages each of"
@@ -466,6 +806,8 @@ async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) 
             f" write errors {stats['write_errors']:.0f}"
         )
     print(f"  CPU s in that time (2 cores = {2 * wall:.0f} CPU s): {e2e.cpu}")
+    for app, waits in e2e.waits.items():
+        print(f"  {app} backend, % of samples: {waits}")
 
 
 def print_yardsticks(raw: RawResult, naive: PhaseResult) -> None:
@@ -526,6 +868,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--stall", type=float, default=20.0, help="give up after no commit for this long, s")
     parser.add_argument("--broker", choices=("own", "system"), default="own")
+    parser.add_argument("--rollup-interval", type=float, help="ingest.rollup_interval_s (default: ingest's)")
+    parser.add_argument("--batch-rows", type=int, help="ingest.batch_max_rows (default: ingest's)")
     args = parser.parse_args()
     args.devices = args.devices or (2_000 if args.quick else 10_000)
     args.messages = args.messages or (5 if args.quick else 10)

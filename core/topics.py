@@ -37,6 +37,15 @@ def subscription(channel: Channel, root: str = "lishui", site: str = "+", device
     return f"{root}/{VERSION}/{site}/{device}/{channel.value}"
 
 
+def service_status(service: str, name: str, root: str = "lishui") -> str:
+    """The retained status of a service instance (a gateway, an OCPP node), with its last-will.
+
+    It lives under ``_sys`` and one level deeper than device topics, so no device filter
+    (``{root}/v1/+/+/status``) ever matches it.
+    """
+    return f"{root}/{VERSION}/_sys/{check_key(service)}/{check_key(name)}/status"
+
+
 def shared(group: str, topic_filter: str) -> str:
     """A shared subscription: the broker spreads messages over the group's members."""
     return f"$share/{group}/{topic_filter}"

@@ -1,9 +1,10 @@
 """The gateway's one MQTT connection: publishes what the outbox holds, receives commands, reconnects
 with backoff when the broker goes away.
 
-The gateway's own status is ``{root}/v1/_gateway/{name}/status`` (retained, QoS 1, core.payloads.Status);
-the broker publishes the connection's last will there (``offline``) if the gateway dies. ``_gateway``
-can never be a site key (keys start with [a-z0-9]), so it never clashes with a device topic.
+The gateway's own status is ``{root}/v1/_sys/gateway/{name}/status`` (core.topics.service_status;
+retained, QoS 1, core.payloads.Status); the broker publishes the connection's last will there
+(``offline``) if the gateway dies. It is one level deeper than device topics, so no device filter
+matches it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SUBSCRIBE_CHUNK = 100
 
 
 def gateway_status_topic(root: str, name: str) -> str:
-    return f"{root}/{topics.VERSION}/_gateway/{topics.check_key(name)}/status"
+    return topics.service_status("gateway", name, root)
 
 
 CommandHandler = Callable[[str, str, Command], None]  # site, device, command
