@@ -179,13 +179,17 @@ def main() -> None:
     parent, child = mp.get_context("spawn").Pipe()
     simulator = mp.get_context("spawn").Process(target=_simulate, args=(args.devices, child), daemon=True)
     simulator.start()
+    child.close()  # so a simulator that dies shows up as EOF here instead of a hang
     try:
+        if not parent.poll(120):
+            raise SystemExit("the simulator process did not start its devices within 120 s")
         raw = parent.recv()
         endpoints: list[Endpoint] = [tuple(e) for e in raw]
         naive = asyncio.run(naive_polls_per_s(endpoints, args.naive_seconds, args.timeout))
         result = asyncio.run(run_gateway_for(endpoints, args.seconds, args.warmup, args.timeout))
     finally:
-        parent.send("stop")
+        if simulator.is_alive():
+            parent.send("stop")
         simulator.join(10)
         if simulator.is_alive():
             simulator.terminate()

@@ -309,10 +309,19 @@ async def register_fleet(dsn: str, plan: Plan) -> None:
         )
 
 
-def drop_database(dsn: str) -> None:
+def drop_database(dsn: str, attempts: int = 10) -> None:
+    """Drop it, retrying for a while (the server may be restarting: it is shared with other work)."""
     name = dsn.rsplit("/", 1)[1]
-    with psycopg.connect(SERVER_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(SERVER_DSN, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+            return
+        except psycopg.OperationalError:
+            if attempt == attempts - 1:
+                print(f"could not drop database {name}: drop it by hand", file=sys.stderr)
+                raise
+            time.sleep(2)
 
 
 def execute(dsn: str, sql: str) -> None:
@@ -810,11 +819,14 @@ def print_e2e(plan: Plan, e2e: PhaseResult, broker: str) -> None:
         print(f"  {app} backend, % of samples: {waits}")
 
 
-def print_yardsticks(raw: RawResult, naive: PhaseResult) -> None:
+def print_raw(raw: RawResult) -> None:
     print(
         f"raw \\copy: {raw.per_s:,.0f} readings/s ({raw.rows:,} rows from a {raw.csv_mb:.0f} MB CSV"
         f" in {raw.seconds:.1f} s)"
     )
+
+
+def print_naive(naive: PhaseResult) -> None:
     print(
         f"naive (one INSERT per message, autocommit): {naive.per_s:,.0f} readings/s ({naive.committed:,}"
         f" committed of {naive.published:,} published in {naive.seconds:.1f} s);"
@@ -826,9 +838,9 @@ def cpu_per_million(e2e: PhaseResult) -> float:
     return e2e.cpu["consumer"] / e2e.committed * 1e6 if e2e.committed else 0.0
 
 
-def report(plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, broker: str) -> dict[str, Any]:
-    print_e2e(plan, e2e, broker)
-    print_yardsticks(raw, naive)
+def summarize(
+    plan: Plan, e2e: PhaseResult, raw: RawResult, naive: PhaseResult, broker: str
+) -> dict[str, Any]:
     ratio_raw = e2e.per_s / raw.per_s if raw.per_s else 0.0
     ratio_naive = e2e.per_s / naive.per_s if naive.per_s else 0.0
     print(f"ratios: e2e/raw {ratio_raw:.2f}, e2e/naive {ratio_naive:.2f}")
@@ -881,19 +893,21 @@ def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, An
     run_id = uuid.uuid4().hex[:8]
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     plan = Plan(args.devices, args.sites, args.messages, args.samples, 1.0, now - timedelta(hours=1))
+    name = f"own mosquitto :{broker.port} (max_queued_messages 0)" if broker.pid else "system mosquitto :1883"
     dsn = asyncio.run(create_database(run_id))
     try:
         asyncio.run(register_fleet(dsn, plan))
         e2e = run_e2e(broker, dsn, plan, run_id, args)
+        print_e2e(plan, e2e, name)  # each phase's figures as soon as it is over
         raw = run_raw_copy(dsn, workdir)
+        print_raw(raw)
         naive = run_naive(broker, dsn, naive_plan(plan, args.naive_messages), run_id, args)
+        print_naive(naive)
     finally:
         drop_database(dsn)
-    name = f"own mosquitto :{broker.port} (max_queued_messages 0)" if broker.pid else "system mosquitto :1883"
-    summary = report(plan, e2e, raw, naive, name)
     for line in broker.dropped_notices()[:5]:
         print(f"broker: {line}")
-    return summary
+    return summarize(plan, e2e, raw, naive, name)
 
 
 def main() -> None:
