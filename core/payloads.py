@@ -79,7 +79,9 @@ class Command(_Payload):
 
     id: str = Field(min_length=1, max_length=64)
     op: str = Field(pattern=SLUG)
-    args: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # JSON arguments of the operation: scalars for setpoints, nested objects where a protocol needs
+    # them (an OCPP charging profile). Each holder validates the args of the ops it knows.
+    args: dict[str, Any] = Field(default_factory=dict)
     issued_at: AwareDatetime = Field(default_factory=utcnow)
     # Not carried out by then -> answered "expired" and not written.
     expires_at: AwareDatetime | None = None
@@ -103,6 +105,8 @@ class CommandResult(_Payload):
     status: CommandStatus
     detail: str | None = None
     readback: dict[str, float] | None = None
+    # The device's own answer where it has one (an OCPP pile's response payload).
+    response: dict[str, Any] | None = None
     ts: AwareDatetime = Field(default_factory=utcnow)
 
 

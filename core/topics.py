@@ -12,6 +12,8 @@ from enum import StrEnum
 VERSION = "v1"
 KEY_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
 _KEY_RE = re.compile(KEY_PATTERN + r"\Z")
+# The reserved device key addressing a whole site (e.g. a site-level charging limit).
+SITE_TARGET = "_site"
 
 
 class Channel(StrEnum):
@@ -22,14 +24,17 @@ class Channel(StrEnum):
     EVENT = "event"
 
 
-def check_key(key: str) -> str:
+def check_key(key: str, *, allow_site_target: bool = False) -> str:
+    if allow_site_target and key == SITE_TARGET:
+        return key
     if not _KEY_RE.match(key):
         raise ValueError(f"invalid site/device key {key!r}: must match {KEY_PATTERN}")
     return key
 
 
 def topic(site: str, device: str, channel: Channel, root: str = "lishui") -> str:
-    return f"{root}/{VERSION}/{check_key(site)}/{check_key(device)}/{channel.value}"
+    """``device`` may be SITE_TARGET for commands addressed to a whole site."""
+    return f"{root}/{VERSION}/{check_key(site)}/{check_key(device, allow_site_target=True)}/{channel.value}"
 
 
 def subscription(channel: Channel, root: str = "lishui", site: str = "+", device: str = "+") -> str:
@@ -67,4 +72,4 @@ def parse(topic_name: str, root: str = "lishui") -> TopicAddress:
         channel = Channel("/".join(parts[4:]))
     except ValueError:
         raise ValueError(f"unknown channel in topic {topic_name!r}") from None
-    return TopicAddress(check_key(parts[2]), check_key(parts[3]), channel)
+    return TopicAddress(check_key(parts[2]), check_key(parts[3], allow_site_target=True), channel)

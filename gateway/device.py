@@ -104,8 +104,8 @@ class DeviceTask:
         deadline = loop.time() + self.phase_s
         try:
             while True:
-                await self._serve_until(deadline)
                 try:
+                    await self._serve_until(deadline)
                     if not self._ready:
                         await self._connect()
                         deadline = loop.time()  # poll straight away; no lateness to count
@@ -204,16 +204,17 @@ class DeviceTask:
         if command.expires_at is not None and command.expires_at <= utcnow():
             self._answer(command, CommandStatus.EXPIRED, f"expired at {command.expires_at.isoformat()}")
             return
+        # Checked first: limits and scale factors come from a live, discovered device.
+        if not self._ready:
+            self._answer(
+                command, CommandStatus.FAILED, f"device {self.state or 'not connected'}: {self.reason}"
+            )
+            return
         try:
             checked = check_command(command, self.profile, self.reported)
             writes = self.driver.encode_control(checked.control, checked.target_value)
         except CommandRejected as err:
             self._answer(command, CommandStatus.REJECTED, str(err))
-            return
-        if not self._ready:
-            self._answer(
-                command, CommandStatus.FAILED, f"device {self.state or 'not connected'}: {self.reason}"
-            )
             return
         try:
             for write in writes:

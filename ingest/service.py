@@ -36,7 +36,7 @@ from core.metrics import BY_NAME
 from core.payloads import PayloadError, Status, TelemetryBatch, decode
 from core.registry import DeviceResolver
 from core.settings import Settings
-from core.topics import Channel, parse, shared, subscription
+from core.topics import SITE_TARGET, Channel, parse, shared, subscription
 from ingest import maintenance
 from ingest import metrics as m
 from ingest.source import Inbound, MqttSource
@@ -189,6 +189,9 @@ class IngestService:
             address = parse(item.topic, self.settings.topic_root)
         except ValueError as err:
             self._invalid("bad_topic", str(err), item.topic)
+            return
+        if address.device == SITE_TARGET:
+            self._invalid("bad_topic", "the site target takes commands, not telemetry or status", item.topic)
             return
         pair = (address.site, address.device)
         if address.channel is Channel.TELEMETRY:

@@ -71,9 +71,39 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   log "installing Mosquitto"
   apt_install mosquitto mosquitto-clients
 fi
-if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+# Ingest acknowledges a message only once its batch is committed, so through a database outage the
+# broker holds the backlog in ingest's persistent session. Mosquitto's default keeps only 1000
+# queued messages per session and silently drops the rest: raise that bound, and keep persistence.
+MQ_CONF=/etc/mosquitto/mosquitto.conf
+MQ_SETTINGS="# lishui: queue QoS 1 backlogs for persistent sessions instead of dropping them
+max_queued_messages 1000000
+max_queued_bytes 1073741824
+persistence true"
+mq_running() { (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; }
+mq_start() {
   log "starting Mosquitto"
-  $SUDO mosquitto -d -c /etc/mosquitto/mosquitto.conf
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+  $SUDO mkdir -p /run/mosquitto && $SUDO chown mosquitto: /run/mosquitto 2>/dev/null || true
+  $SUDO mosquitto -d -c "$MQ_CONF"
+  for _ in $(seq 50); do mq_running && break; sleep 0.1; done
+  mq_running || { echo "Mosquitto did not start; see /var/log/mosquitto/mosquitto.log" >&2; exit 1; }
+}
+if ! grep -q '^# lishui: queue' "$MQ_CONF" /etc/mosquitto/conf.d/*.conf 2>/dev/null; then
+  log "configuring Mosquitto to queue QoS 1 backlogs for persistent sessions"
+  if grep -q '^include_dir /etc/mosquitto/conf.d' "$MQ_CONF"; then
+    printf '%s\n' "$MQ_SETTINGS" | $SUDO tee /etc/mosquitto/conf.d/lishui.conf >/dev/null
+  else
+    printf '\n%s\n' "$MQ_SETTINGS" | $SUDO tee -a "$MQ_CONF" >/dev/null
+  fi
+  # A config without a listener serves localhost only, which is what Lishui's defaults expect.
+  if mq_running; then
+    log "restarting Mosquitto for the new settings"
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+      $SUDO systemctl restart mosquitto
+    else
+      $SUDO pkill -TERM -x mosquitto || true
+      for _ in $(seq 50); do mq_running || break; sleep 0.1; done
+    fi
+  fi
 fi
+mq_running || mq_start
 log "services ready: PostgreSQL $PG_MAJOR with TimescaleDB, Mosquitto on 1883"
