@@ -4,18 +4,22 @@ ingest process, end to end; against two yardsticks on the same kind of rows:
 - raw: the committed rows exported to CSV and loaded with ``psql \\copy`` (the database's own limit);
 - naive: one paho subscriber doing one autocommitted INSERT per message (the common hobby design).
 
-    .venv/bin/python bench/ingest.py            # 10,000 devices, full run (a few minutes)
-    .venv/bin/python bench/ingest.py --quick    # 2,000 devices, under a minute
+    .venv/bin/python bench/ingest.py            # 10,000 devices, 5 M readings (about 2 minutes)
+    .venv/bin/python bench/ingest.py --quick    # 2,000 devices, 0.5 M readings (about 20 s)
 
 Everything is throwaway: a database ``lishui_bench_<run>`` (created, migrated, dropped), a topic root and
-share group of the run's own, and by default a Mosquitto of its own on a free port (``--broker own``). The
-Debian broker config keeps ``max_queued_messages 1000`` per session; a full-speed backlog beyond ingest's
-receive window plus that queue is silently dropped there (``--broker system`` shows it). The bench's broker
-sets ``max_queued_messages 0`` (no limit). Publishers run in their own processes (paho, QoS 1), the ingest
-service in its own (the real ``IngestService``), so no two share a GIL.
+share group of the run's own, and by default a Mosquitto of its own on a free port (``--broker own``: the
+same binary, no persistence, ``max_queued_messages 0``), so other work on the shared broker neither
+disturbs nor is disturbed; ``--broker system`` uses 127.0.0.1:1883 instead. Publishers run in processes of
+their own (paho, QoS 1), and so does the ingest service (the real ``IngestService``): no two share a GIL.
 
-Prints the figures and ends with ONE JSON line: e2e_per_s, raw_copy_per_s, naive_per_s, ratio_raw,
-ratio_naive, peak_rss_mb, readings, lost (published minus committed), and more.
+Besides rates it reports CPU seconds per process group (from /proc), the ingest process's threads and
+peak RSS (VmHWM), the writer's own counters, and what the PostgreSQL backends were doing (pg_stat_activity
+sampled ten times a second). ``--rollup-interval`` / ``--batch-rows`` override ingest's settings, to see
+what the rollup refresh or the batch size costs.
+
+Ends with ONE JSON line: e2e_per_s, raw_copy_per_s, naive_per_s, ratio_raw (e2e/raw), ratio_naive
+(e2e/naive), peak_rss_mb, readings, lost (published minus committed; exit status 1 unless 0), and more.
 """
 
 from __future__ import annotations
@@ -667,8 +671,7 @@ def run_phase(
     is the phase's)."""
     pubs = Publishers.start(broker, root, plan, publishers)
     groups = {"consumer": [consumer.pid], "publishers": pubs.pids}
-    if broker.pid:
-        groups["mosquitto"] = [broker.pid]
+    groups["mosquitto"] = [broker.pid] if broker.pid else pids_named("mosquitto")
     cpu = CpuWatch(groups)
     threads0 = thread_cpu(consumer.pid)
     sampler = WaitSampler(dsn)

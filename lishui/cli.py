@@ -42,7 +42,9 @@ def _seed(settings: Settings, scenario_name: str) -> int:
 def _sim(settings: Settings, args: argparse.Namespace) -> int:
     from lishui.composition import run_simulators
 
-    return run(lambda: run_simulators(args.scenario, args.host, args.base_port, args.time_factor))
+    return run(
+        lambda: run_simulators(args.scenario, args.host, args.base_port, args.time_factor, args.gateway_file)
+    )
 
 
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--base-port", type=int, default=15020)
     sim.add_argument("--time-factor", type=float, default=None, help="simulated seconds per real second")
+    sim.add_argument("--gateway-file", default=None, help="also write a gateway YAML polling these devices")
 
     gw = sub.add_parser("gateway", help="poll Modbus devices and publish telemetry")
     gw.add_argument("--config", required=True, help="gateway YAML: name and devices")

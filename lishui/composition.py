@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 import psycopg
+import yaml
 
 from core import registry
 from core.settings import Settings
@@ -54,12 +55,24 @@ def sim_clock(scenario: Scenario, time_factor: float | None) -> SimClock:
     return SimClock(factor=time_factor or scenario.time_factor or 1.0, start=scenario.start)
 
 
-async def run_simulators(scenario_name: str, host: str, base_port: int, time_factor: float | None) -> None:
-    """``lishui sim``: serve a scenario's devices until stopped, after printing where they are."""
+async def run_simulators(
+    scenario_name: str,
+    host: str,
+    base_port: int,
+    time_factor: float | None,
+    gateway_file: str | None = None,
+) -> None:
+    """``lishui sim``: serve a scenario's devices until stopped, after printing where they are (and,
+    if asked, writing a gateway file that polls them: ``lishui gateway --config FILE``)."""
     scenario = load_scenario(scenario_name)
     async with serve_fleet(
         scenario, host=host, base_port=base_port, clock=sim_clock(scenario, time_factor)
     ) as fleet:
+        if gateway_file:
+            config = gateway_config(scenario, fleet.endpoints, name=f"sim-{scenario.name}")
+            with open(gateway_file, "w", encoding="utf-8") as out:
+                yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), out, sort_keys=False)
+            print(f"gateway file written: {gateway_file}")
         kinds = Counter(d.kind for d in scenario.devices)
         print(
             f"scenario {scenario.name}: {len(fleet.endpoints)} Modbus devices "
