@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import psycopg
 import yaml
@@ -70,8 +71,8 @@ async def run_simulators(
     ) as fleet:
         if gateway_file:
             config = gateway_config(scenario, fleet.endpoints, name=f"sim-{scenario.name}")
-            with open(gateway_file, "w", encoding="utf-8") as out:
-                yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), out, sort_keys=False)
+            text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
+            await asyncio.to_thread(Path(gateway_file).write_text, text, encoding="utf-8")
             print(f"gateway file written: {gateway_file}")
         kinds = Counter(d.kind for d in scenario.devices)
         print(

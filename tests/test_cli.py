@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -32,8 +31,14 @@ def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 def test_migrate_is_idempotent(settings: Settings, tmp_path: Path) -> None:
-    out = subprocess.run([*LISHUI, "db", "migrate"], env=_env(settings, tmp_path), capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [*LISHUI, "db", "migrate"],
+        env=_env(settings, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "0 migration(s) applied" in out.stdout
 
 
@@ -45,30 +50,38 @@ def _wait_for(path: Path, within_s: float) -> None:
         time.sleep(0.1)
 
 
-async def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, tmp_path: Path) -> None:
+def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, tmp_path: Path) -> None:
     env = _env(settings, tmp_path)
     subprocess.run([*LISHUI, "db", "seed", "default"], env=env, check=True, timeout=60, capture_output=True)
     gw_file = tmp_path / "gw.yaml"
     base_port = random.randint(31000, 39000)
-    procs = [subprocess.Popen([*LISHUI, "sim", "default", "--base-port", str(base_port),
-                               "--gateway-file", str(gw_file)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)]
+    procs = [
+        subprocess.Popen(
+            [*LISHUI, "sim", "default", "--base-port", str(base_port), "--gateway-file", str(gw_file)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    ]
     try:
         _wait_for(gw_file, 30)
         procs.append(subprocess.Popen([*LISHUI, "ingest", "--metrics-port", "0"], env=env))
-        procs.append(subprocess.Popen([*LISHUI, "gateway", "--config", str(gw_file), "--metrics-port", "0"],
-                                      env=env))
-        async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
-            deadline = asyncio.get_running_loop().time() + 45
+        procs.append(
+            subprocess.Popen([*LISHUI, "gateway", "--config", str(gw_file), "--metrics-port", "0"], env=env)
+        )
+        with psycopg.connect(settings.db.dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 45
             while True:
-                cur = await conn.execute(
+                cur = conn.execute(
                     "SELECT count(DISTINCT d.key) FROM telemetry t JOIN devices d ON d.id = t.device_id"
-                    " JOIN sites s ON s.id = d.site_id WHERE s.key IN ('xdk-park', 'wjc-hydro')")
-                row = await cur.fetchone()
+                    " JOIN sites s ON s.id = d.site_id WHERE s.key IN ('xdk-park', 'wjc-hydro')"
+                )
+                row = cur.fetchone()
                 if row and row[0] == 8:
                     break
-                assert asyncio.get_running_loop().time() < deadline, f"only {row} devices reported"
-                await asyncio.sleep(0.5)
+                assert time.monotonic() < deadline, f"only {row} devices reported"
+                time.sleep(0.5)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
