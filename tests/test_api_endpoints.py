@@ -282,3 +282,13 @@ async def test_series_rejects_invalid_queries(
 async def test_series_of_unknown_device_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/devices/nope/series", params={"metric": "active_power_w"})
     assert r.status_code == 404
+
+
+async def test_prometheus_metrics_count_requests_by_route(settings: Settings) -> None:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://lishui") as http:
+            assert (await http.get("/api/v1/devices/no-such-device")).status_code == 404
+            text = (await http.get("/metrics/")).text
+    assert 'lishui_api_requests_total{method="GET",route="/api/v1/devices/{key}",status="404"}' in text
