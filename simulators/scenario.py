@@ -11,53 +11,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from core.towns import TOWN_KEYS
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
-# core/migrations/0002_towns.sql: the county's 4 subdistricts and 15 towns.
-TOWN_KEYS: tuple[str, ...] = (
-    "liyang",
-    "lipu",
-    "lixi",
-    "lidan",
-    "xiaodukou",
-    "mengxi",
-    "fuxingchang",
-    "yanjing",
-    "wangjiachang",
-    "chengtoushan",
-    "jinluo",
-    "matoupu",
-    "cennan",
-    "dayandang",
-    "ganxitan",
-    "huolianpo",
-    "rudong",
-    "guanyuan",
-    "linan",
-)
-TownKey = Literal[
-    "liyang",
-    "lipu",
-    "lixi",
-    "lidan",
-    "xiaodukou",
-    "mengxi",
-    "fuxingchang",
-    "yanjing",
-    "wangjiachang",
-    "chengtoushan",
-    "jinluo",
-    "matoupu",
-    "cennan",
-    "dayandang",
-    "ganxitan",
-    "huolianpo",
-    "rudong",
-    "guanyuan",
-    "linan",
-]
+def _known_town(key: str) -> str:
+    if key not in TOWN_KEYS:
+        raise ValueError(f"unknown town {key!r}; the county's towns are {', '.join(TOWN_KEYS)}")
+    return key
+
+
+TownKey = Annotated[str, AfterValidator(_known_town)]
 DeviceKind = Literal["pv_inverter", "battery", "meter", "hydro", "load", "charge_point", "other"]
 # The register map each simulated kind serves; other kinds (charge points) are not Modbus devices.
 PROFILE_OF_KIND: dict[str, str] = {
