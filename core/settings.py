@@ -29,10 +29,15 @@ class MqttSettings(BaseModel):
 
 
 class GatewaySettings(BaseModel):
-    # Directory holding the gateway's on-disk state (command holds, later the outage spool).
+    # Directory holding the gateway's on-disk state: one subdirectory per gateway name (the spool).
     state_dir: str = ".lishui/gateway"
     request_timeout_s: float = Field(1.0, gt=0)
     max_backoff_s: float = Field(30.0, gt=0)
+    # The disk spool (gateway.spool) in {state_dir}/{gateway name}/: bounded; past the limit the oldest
+    # segment is dropped, and its unpublished records are lost (counted, logged as errors).
+    spool_max_bytes: int = Field(1 << 30, ge=64 * 1024)
+    spool_segment_bytes: int = Field(16 << 20, ge=4096)
+    spool_fsync_interval_s: float = Field(0.1, gt=0)
 
 
 class IngestSettings(BaseModel):
@@ -43,6 +48,22 @@ class IngestSettings(BaseModel):
     batch_max_rows: int = Field(20_000, ge=1)
     batch_max_delay_s: float = Field(0.5, gt=0)
     rollup_interval_s: float = Field(5.0, gt=0)
+    # A 1-minute rollup bucket is recomputed once its minute closed this long ago and nothing dirtied
+    # it for this long (0: at every refresh, as soon as it is dirty). See migration 0004.
+    rollup_grace_s: float = Field(5.0, ge=0)
+
+
+class DrSettings(BaseModel):
+    # One control cycle: read telemetry, compare with the baseline, re-dispatch the shortfall.
+    control_interval_s: float = Field(30.0, gt=0)
+    # Every command holds this long unless renewed, so devices fall back if the controller dies.
+    hold_s: float = Field(120.0, gt=0)
+    command_expiry_s: float = Field(20.0, gt=0)
+    default_baseline: str = "high_5_of_10_adjusted"
+    solver_time_limit_s: float = Field(1.0, gt=0)
+    # Only the holder of this PostgreSQL advisory lock acts; standbys wait for it.
+    leader_lock_key: int = 0x6C6973687569_0D52
+    timezone: str = "Asia/Shanghai"
 
 
 class ApiSettings(BaseModel):
@@ -60,6 +81,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
+    dr: DrSettings = DrSettings()
     # Root of the topic tree; tests give each run its own so runs never see each other's traffic.
     topic_root: str = "lishui"
     log_level: str = "INFO"
