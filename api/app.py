@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from api.observability import instrument
 from api.routes import router
+from api.routes_charging import router as charging_router
 from core.db import create_pool
 from core.settings import Settings, get_settings
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(charging_router)
     instrument(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -66,6 +66,31 @@ class DrSettings(BaseModel):
     timezone: str = "Asia/Shanghai"
 
 
+class OcppSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    # wss:// when both are set (security profile 2); ws:// otherwise (security profile 1).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # BootNotification interval (heartbeat) for accepted piles, and the retry interval for pending ones.
+    heartbeat_interval_s: int = Field(300, ge=1)
+    pending_retry_s: int = Field(60, ge=1)
+    # How long the server waits for a pile's answer to a call.
+    call_timeout_s: float = Field(30.0, gt=0)
+    # Websocket ping interval/timeout (dead-peer detection); 0 disables pings.
+    ping_interval_s: float = Field(60.0, ge=0)
+    ping_timeout_s: float = Field(30.0, gt=0)
+    # A pile with no password set may connect without Basic auth (never in production).
+    allow_no_password: bool = False
+    # Name of this server node (in Status.source, service status topic, MQTT client id).
+    node: str | None = None
+    # Shared-subscription group of the site-level commands (one node of the group gets each).
+    share_group: str = "ocpp"
+    # Largest websocket message accepted from a pile; reuse_port lets several processes share the port.
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    reuse_port: bool = False
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -82,6 +107,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
     dr: DrSettings = DrSettings()
+    ocpp: OcppSettings = OcppSettings()
     # Root of the topic tree; tests give each run its own so runs never see each other's traffic.
     topic_root: str = "lishui"
     log_level: str = "INFO"

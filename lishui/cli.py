@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from core import db
 from core.service import run, setup_logging, start_metrics_endpoint
 from core.settings import Settings, get_settings
+from ocpp_server import cli as ocpp_cli
 
 log = logging.getLogger("lishui")
 
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
 
+    ocpp_cli.add_parser(sub)
+
     demo = sub.add_parser("demo", help="the whole stack on a simulated county")
     demo.add_argument("scenario", nargs="?", default="default")
     demo.add_argument("--county", action="store_true", help="the full county scenario (19 towns)")
@@ -131,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "db":
         return _migrate(settings) if args.db_command == "migrate" else _seed(settings, args.scenario)
+    if args.command in ("ocpp", "charging"):
+        return ocpp_cli.dispatch(settings, args)
     handlers = {"sim": _sim, "gateway": _gateway, "ingest": _ingest, "api": _api, "demo": _demo}
     return handlers[args.command](settings, args)
 

@@ -1,0 +1,182 @@
+"""The websocket side: handshake (path, subprotocol, Basic auth against the registry), one ``Pile`` per
+connection, and the hub of the piles this node holds (a reconnecting pile replaces its old connection).
+
+Security profile 1 (ws:// + Basic auth) and 2 (wss:// + Basic auth) — the user name must be the pile's
+identity. Refusals at the handshake: unknown path 404, unknown pile 404, missing or wrong credentials
+401 (with ``WWW-Authenticate``), database unreachable 503. A client offering neither ``ocpp1.6`` nor
+``ocpp2.0.1`` gets the handshake completed without a subprotocol and the connection closed at once
+(code 1002), as both OCPP-J specifications prescribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+from collections.abc import Sequence
+from http import HTTPStatus
+from urllib.parse import unquote
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from core.topics import Channel
+from ocpp_server import metrics, registry
+from ocpp_server.passwords import verify_password
+from ocpp_server.pile import Context, Pile
+from ocpp_server.registry import PileAuth
+from ocpp_server.v16 import SUBPROTOCOL as V16
+from ocpp_server.v16 import Pile16
+from ocpp_server.v201 import SUBPROTOCOL as V201
+from ocpp_server.v201 import Pile201
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOLS = [V201, V16]
+_PATH_RE = re.compile(r"^/ocpp/([^/?#]+)/?(?:\?.*)?$")
+_CLASSES: dict[str, type[Pile]] = {V16: Pile16, V201: Pile201}
+
+
+class Hub:
+    """The piles connected to this node, by OCPP identity and by device key."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Pile] = {}
+        self.by_key: dict[str, Pile] = {}
+        self._auth_cache: dict[tuple[str, str], bytes] = {}
+        self._cache_key = os.urandom(32)
+        self.ctx: Context | None = None
+
+    def attach(self, pile: Pile) -> Pile | None:
+        old = self.by_id.get(pile.id)
+        self.by_id[pile.id] = pile
+        self.by_key[pile.key] = pile
+        return old
+
+    def detach(self, pile: Pile) -> bool:
+        """Forget ``pile``; False when a newer connection of the same pile replaced it."""
+        if self.by_id.get(pile.id) is not pile:
+            return False
+        del self.by_id[pile.id]
+        if self.by_key.get(pile.key) is pile:
+            del self.by_key[pile.key]
+        return True
+
+    # -------------------------------------------------------------------------------------- handshake
+
+    async def _password_ok(self, auth: PileAuth, password: str) -> bool:
+        assert auth.password_hash is not None
+        # A keyed digest of verified passwords (never the password itself) spares a reconnecting pile
+        # the scrypt work; a changed stored hash invalidates the entry.
+        tag = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
+        cached = self._auth_cache.get((auth.ocpp_id, auth.password_hash))
+        if cached is not None:
+            return hmac.compare_digest(cached, tag)
+        ok = await asyncio.to_thread(verify_password, password, auth.password_hash)
+        if ok:
+            if len(self._auth_cache) > 100_000:
+                self._auth_cache.clear()
+            self._auth_cache[(auth.ocpp_id, auth.password_hash)] = tag
+        return ok
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        assert self.ctx is not None
+        peer = str(connection.remote_address)
+        match = _PATH_RE.match(request.path)
+        if match is None:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "not an OCPP endpoint", None, peer)
+        ocpp_id = unquote(match[1])
+        try:
+            async with self.ctx.pool.connection(timeout=5.0) as conn:
+                auth = await registry.load_auth(conn, ocpp_id)
+        except Exception as err:
+            log.error("registry unavailable at handshake", extra={"pile": ocpp_id, "error": str(err)})
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "try again later", ocpp_id, peer)
+        if auth is None:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charge point", ocpp_id, peer)
+        if auth.password_hash is None:
+            if not self.ctx.ocpp.allow_no_password:
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "no password set", ocpp_id, peer)
+        else:
+            user, password = _basic(request.headers.get("Authorization"))
+            if user != ocpp_id or password is None or not await self._password_ok(auth, password):
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "bad credentials", ocpp_id, peer)
+        connection.lishui_auth = auth  # type: ignore[attr-defined]
+        return None
+
+    def _refuse(
+        self, connection: ServerConnection, status: HTTPStatus, why: str, ocpp_id: str | None, peer: str
+    ) -> Response:
+        metrics.HANDSHAKES.labels(status.name.lower()).inc()
+        log.warning(
+            "handshake refused", extra={"pile": ocpp_id, "status": int(status), "reason": why, "peer": peer}
+        )
+        response = connection.respond(status, f"{why}\n")
+        if status is HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Basic realm="lishui-ocpp", charset="UTF-8"'
+        return response
+
+    # ------------------------------------------------------------------------------------- connection
+
+    async def handler(self, websocket: ServerConnection) -> None:
+        assert self.ctx is not None
+        auth: PileAuth = websocket.lishui_auth  # type: ignore[attr-defined]
+        cls = _CLASSES.get(websocket.subprotocol or "")
+        if cls is None:
+            metrics.HANDSHAKES.labels("no_subprotocol").inc()
+            log.warning("no OCPP subprotocol offered", extra={"pile": auth.ocpp_id})
+            await websocket.close(1002, "ocpp1.6 or ocpp2.0.1 required")
+            return
+        metrics.HANDSHAKES.labels("ok").inc()
+        pile = cls(self.ctx, auth, websocket)
+        old = self.attach(pile)
+        if old is not None:
+            log.info("pile reconnected: old connection replaced", extra={"pile": pile.key})
+            await old._connection.close(1000, "replaced by a new connection")
+        metrics.CONNECTIONS.labels(pile.version).inc()
+        log.info(
+            "pile connected",
+            extra={"pile": pile.key, "version": pile.version, "peer": str(websocket.remote_address)},
+        )
+        cmd_topic = pile.topic(Channel.CMD)
+        try:
+            await pile.on_connected()
+            await self.ctx.bus.subscribe(cmd_topic)
+            await pile.start()
+        except Exception:
+            log.exception("pile connection failed", extra={"pile": pile.key})
+        finally:
+            metrics.CONNECTIONS.labels(pile.version).dec()
+            await pile.cancel_tasks()
+            current = self.detach(pile)
+            if current:
+                await self.ctx.bus.unsubscribe(cmd_topic)
+            pile.on_disconnected(replaced=not current)
+            log.info(
+                "pile disconnected",
+                extra={"pile": pile.key, "replaced": not current, "code": websocket.close_code},
+            )
+
+
+def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """The first OCPP version the pile offers; None (handshake completed, then closed) for neither."""
+    for proto in offered:
+        if proto in _CLASSES:
+            return proto
+    return None
+
+
+def _basic(header: str | None) -> tuple[str | None, str | None]:
+    if not header or not header.lower().startswith("basic "):
+        return None, None
+    try:
+        user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None, None
+    return (user, password) if sep else (None, None)
