@@ -7,6 +7,7 @@ falls linearly to ``taper_floor`` of the maximum at 100 %, as CC/CV charging doe
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from bisect import bisect_right
@@ -42,7 +43,7 @@ def _shape_raw(hour: float) -> float:
 
 def _mean_raw() -> float:
     area = 0.0
-    for (h0, v0), (h1, v1) in zip(_ARRIVAL_POINTS, _ARRIVAL_POINTS[1:], strict=False):
+    for (h0, v0), (h1, v1) in itertools.pairwise(_ARRIVAL_POINTS):
         area += (v0 + v1) / 2 * (h1 - h0)
     return area / 24.0
 

@@ -308,9 +308,9 @@ def parse_profile(
         sorted(
             (
                 Period(
-                    start_s=float(p["start_period"]),
-                    limit=float(p["limit"]),
-                    phases=int(p["number_phases"]) if p.get("number_phases") is not None else None,
+                    start_s=_num(p["start_period"]),
+                    limit=_num(p["limit"]),
+                    phases=int(_num(p["number_phases"])) if p.get("number_phases") is not None else None,
                 )
                 for p in _dicts(schedule.get("charging_schedule_period"))
             ),
