@@ -78,7 +78,7 @@ class DeviceTask:
         self.reported: dict[str, float] = {}
         self.holds: dict[str, float] = {}  # op -> loop time when its default comes back
         self._ready = False  # connected and discovered
-        self._seq = 0
+        self.seq = 0  # the next telemetry batch's seq (the gateway sets where the last run stopped)
         root = settings.topic_root
         self.telemetry_topic = topics.topic(config.site, config.key, topics.Channel.TELEMETRY, root)
         self.status_topic = topics.topic(config.site, config.key, topics.Channel.STATUS, root)
@@ -152,8 +152,8 @@ class DeviceTask:
         self.reported = reading.reported
         self._set_state(DeviceState.ONLINE, None)
         if reading.metrics:
-            batch = TelemetryBatch(seq=self._seq, samples=[Sample(ts=utcnow(), values=reading.metrics)])
-            self._seq += 1
+            batch = TelemetryBatch(seq=self.seq, samples=[Sample(ts=utcnow(), values=reading.metrics)])
+            self.seq += 1
             self._publish(self.telemetry_topic, encode(batch), False)
 
     def _failed(self, err: DeviceOffline | DeviceFault, backoff: float) -> float:

@@ -19,3 +19,10 @@ PUBLISH_QUEUE_DEPTH = Gauge("lishui_gateway_publish_queue_depth", "MQTT messages
 PUBLISH_DROPPED = Counter("lishui_gateway_publish_dropped", "MQTT messages dropped from a full queue")
 COMMANDS = Counter("lishui_gateway_commands", "Commands answered", ["status"])
 DEVICES = Gauge("lishui_gateway_devices", "Devices by state", ["state"])
+SPOOL_BYTES = Gauge("lishui_gateway_spool_bytes", "Bytes of the gateway's disk spool")
+SPOOL_DROPPED = Counter(
+    "lishui_gateway_spool_dropped", "Unpublished records LOST because the spool reached its size limit"
+)
+SPOOL_TRUNCATED = Counter(
+    "lishui_gateway_spool_truncated", "Spool segments cut at a torn or corrupt record during recovery"
+)

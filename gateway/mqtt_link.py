@@ -134,8 +134,7 @@ class MqttLink:
             except BaseException:
                 self.outbox.put_back(message)  # not confirmed: send again (at least once)
                 raise
-            finally:
-                self.outbox.done()
+            self.outbox.done(message)  # the PUBACK arrived: the outbox may forget it
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

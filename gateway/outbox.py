@@ -1,10 +1,11 @@
-"""What waits to be published. The MQTT link only needs the ``Outbox`` protocol, so the bounded
-in-memory queue here can be replaced by an on-disk spool without touching the link."""
+"""What waits to be published. The MQTT link only needs the ``Outbox`` protocol: ``gateway.spool.Spool``
+(the default, on disk) and the bounded in-memory ``MemoryOutbox`` here both implement it."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,27 +18,37 @@ class Outbound:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    ref: int = -1  # the outbox's own reference (a spool record id); -1 when it keeps none
 
 
 class Outbox(Protocol):
     def put(self, message: Outbound) -> None: ...
 
+    async def get(self) -> Outbound:
+        """The next message to publish; it is in flight until ``done`` or ``put_back``."""
+
+    def done(self, message: Outbound) -> None:
+        """The message taken with get() is confirmed (its PUBACK arrived)."""
+
     def put_back(self, message: Outbound) -> None:
         """A message taken with get() that was not confirmed: it goes out first next time."""
 
-    async def get(self) -> Outbound: ...
-
-    def done(self) -> None:
-        """The message taken with get() is confirmed (or put back)."""
-
     async def drained(self) -> None:
         """Returns once nothing is queued or in flight."""
+
+    def next_seq(self, topic: str) -> int:
+        """The first telemetry ``seq`` for ``topic`` (where an earlier run left off)."""
+
+    def watch_seqs(self, source: Callable[[], dict[str, int]]) -> None:
+        """``source()`` gives the next ``seq`` per telemetry topic, for outboxes that persist it."""
+
+    def close(self) -> None: ...
 
     def __len__(self) -> int: ...
 
 
 class MemoryOutbox:
-    """Bounded FIFO; when full, the oldest message is dropped (and counted)."""
+    """Bounded FIFO; when full, the oldest message is dropped (and counted). Lost on a restart."""
 
     def __init__(self, max_messages: int = 50_000) -> None:
         self._queue: deque[Outbound] = deque()
@@ -59,10 +70,11 @@ class MemoryOutbox:
         self._changed()
 
     def put_back(self, message: Outbound) -> None:
+        self._in_flight -= 1
         if len(self._queue) >= self._max:
             self._drop()  # it is the oldest one anyway
-            return
-        self._queue.appendleft(message)
+        else:
+            self._queue.appendleft(message)
         self._changed()
 
     async def get(self) -> Outbound:
@@ -74,12 +86,21 @@ class MemoryOutbox:
         self._changed()
         return message
 
-    def done(self) -> None:
+    def done(self, message: Outbound) -> None:
         self._in_flight -= 1
         self._changed()
 
     async def drained(self) -> None:
         await self._idle.wait()
+
+    def next_seq(self, topic: str) -> int:
+        return 0
+
+    def watch_seqs(self, source: Callable[[], dict[str, int]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def _drop(self) -> None:
         self.dropped += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from core import topics
 from core.payloads import Command
@@ -12,7 +13,8 @@ from gateway import profile as profiles
 from gateway.config import GatewayConfig
 from gateway.device import DeviceTask
 from gateway.mqtt_link import MqttLink
-from gateway.outbox import MemoryOutbox, Outbox
+from gateway.outbox import Outbox
+from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,15 @@ class Gateway:
     def __init__(self, settings: Settings, config: GatewayConfig, outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.config = config
-        self.outbox = outbox or MemoryOutbox()
+        if outbox is None:
+            g = settings.gateway
+            outbox = Spool(
+                Path(g.state_dir) / config.name,
+                max_bytes=g.spool_max_bytes,
+                segment_bytes=g.spool_segment_bytes,
+                fsync_interval_s=g.spool_fsync_interval_s,
+            )
+        self.outbox: Outbox = outbox
         count = max(len(config.devices), 1)
         self.devices: dict[tuple[str, str], DeviceTask] = {}
         for index, device in enumerate(config.devices):
@@ -31,7 +41,9 @@ class Gateway:
             interval = device.poll_interval_s or profile.poll_interval_s
             # Spread the devices' polls evenly over the interval instead of all at once.
             task = DeviceTask(device, profile, settings, config.name, self._publish, index / count * interval)
+            task.seq = self.outbox.next_seq(task.telemetry_topic)  # continue where the last run stopped
             self.devices[(device.site, device.key)] = task
+        self.outbox.watch_seqs(lambda: {t.telemetry_topic: t.seq for t in self.devices.values()})
         self.link = MqttLink(settings, config.name, self.outbox, list(self.devices), self._command)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -44,6 +56,12 @@ class Gateway:
 
     async def run(self) -> None:
         log.info("gateway starting", extra={"gateway": self.config.name, "devices": len(self.devices)})
+        try:
+            await self._run()
+        finally:
+            self.outbox.close()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             link = tg.create_task(self.link.run(), name="mqtt-link")
             try:

@@ -51,3 +51,8 @@ def settings(db_dsn: str) -> Settings:
 async def conn(db_dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as c:
         yield c
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Chaos tests stop and restart the broker and the database: run them after everything else."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
