@@ -15,6 +15,7 @@ from psycopg_pool import PoolTimeout
 from api.observability import instrument
 from api.routes import router
 from api.routes_charging import router as charging_router
+from api.routes_dr import router as dr_router
 from core.db import create_pool
 from core.settings import Settings, get_settings
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(router)
     app.include_router(charging_router)
+    app.include_router(dr_router)
     instrument(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -89,6 +89,16 @@ class OcppSettings(BaseModel):
     # Largest websocket message accepted from a pile; reuse_port lets several processes share the port.
     max_message_bytes: int = Field(1 << 20, ge=1024)
     reuse_port: bool = False
+    # Database pool of a node (at least the db group's pool_max), and how the handshake uses it: pile
+    # auth rows are cached for auth_cache_ttl_s and looked up in batches on at most handshake_db_conns
+    # connections, waiting up to handshake_wait_s (then 503) for the database.
+    pool_max: int = Field(16, ge=2)
+    auth_cache_ttl_s: float = Field(60.0, ge=0)
+    handshake_db_conns: int = Field(2, ge=1)
+    handshake_wait_s: float = Field(20.0, gt=0)
+    # permessage-deflate: off by default (OCPP frames are small; a zlib context per connection costs
+    # memory and CPU at 10,000 piles); on for piles on metered links.
+    ws_compression: bool = False
 
 
 class ApiSettings(BaseModel):

@@ -125,7 +125,8 @@ def _command(
     cmd = Command(
         id=f"dr-{uuid.uuid4().hex[:16]}",
         op=op,
-        args=args,
+        # kW -> W leaves float dust (523267.00000000006 W) that a device's integer limit rejects.
+        args={name: round(value, 3) for name, value in args.items()},
         hold_s=hold_s,
         expires_at=expires_at,
         requested_by="dr_controller",

@@ -4,6 +4,7 @@ continuous aggregates and no policies, so both are ours)."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -13,19 +14,24 @@ from ingest import metrics as m
 
 log = logging.getLogger(__name__)
 
-RAW_TABLES = ("telemetry",)
+# ingest_batches (message identities, see ingest/writer.py) lives as long as the readings.
+RAW_TABLES = ("telemetry", "ingest_batches")
 ROLLUP_TABLES = ("telemetry_1m", "telemetry_15m")
 
 
 async def refresh_rollups(
-    conn: psycopg.AsyncConnection[Any], batch: int = 5_000, max_rounds: int = 1_000
+    conn: psycopg.AsyncConnection[Any], batch: int = 5_000, max_rounds: int = 1_000, grace_s: float = 0.0
 ) -> int:
-    """Call ``refresh_rollups(batch)`` until it returns fewer than ``batch``; each call commits on its own
-    (so a big backlog is worked off in short transactions). Returns the 1-minute buckets recomputed."""
+    """Call ``refresh_rollups(batch, grace)`` until it returns fewer than ``batch``; each call commits on
+    its own (so a big backlog is worked off in short transactions). Returns the 1-minute buckets
+    recomputed. ``grace_s`` 0 (the default) refreshes every dirty bucket; ingest's periodic refresh
+    passes ``ingest.rollup_grace_s`` so a bucket is recomputed once its minute is closed and quiet
+    (see migration 0004), about once per minute instead of at every refresh."""
     total = 0
+    grace = timedelta(seconds=grace_s)
     for _ in range(max_rounds):
         async with conn.transaction():
-            cur = await conn.execute("SELECT refresh_rollups(%s)", (batch,))
+            cur = await conn.execute("SELECT refresh_rollups(%s, %s)", (batch, grace))
             row = await cur.fetchone()
         done = int(row[0]) if row else 0
         total += done

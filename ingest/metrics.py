@@ -24,3 +24,8 @@ WRITE_ERRORS = Counter("lishui_ingest_write_errors", "Failed batch writes (retri
 STATUS_UPDATES = Counter("lishui_ingest_status_updates", "Device status messages applied")
 ROLLUP_BUCKETS = Counter("lishui_ingest_rollup_buckets", "1-minute (bucket, device) pairs recomputed")
 CHUNKS_DROPPED = Counter("lishui_ingest_chunks_dropped", "Chunks dropped by retention", ["table"])
+FAST_PATH_FALLBACKS = Counter(
+    "lishui_ingest_fast_path_fallbacks",
+    "Batches whose direct COPY met an existing row (the same reading under another message identity)"
+    " and were written again through the staging table",
+)

@@ -2,7 +2,8 @@
 
 Flow::
 
-    paho thread ─► MqttSource buffer ─► collector (validate, batch) ─► queue ─► writer (one txn) ─► ack
+    paho thread ─► MqttSource buffer ─► collector (validate, encode, batch) ─► queue ─► writers ─► ack
+                                                          (2 batches in flight, one txn each, acked in order)
                                                                   maintenance: rollups, retention
 
 - Telemetry comes from the shared subscription ``$share/{group}/{root}/v1/+/+/telemetry`` (QoS 1), so
@@ -10,12 +11,18 @@ Flow::
   deliver retained messages, and the retained status is the point of that channel; every instance
   applies it, guarded by ``status_at`` so that is idempotent.
 - A message is acknowledged only after the transaction holding its rows committed (invalid messages
-  too, in receipt order). A crash loses nothing: the broker redelivers, the primary key ignores what
-  was already stored. Exactly once per reading, at least once per message.
+  too, in receipt order). A crash loses nothing: the broker redelivers, and the writer skips a message
+  whose identity (device, seq, payload digest) is already committed, with the primary key behind it for
+  the same reading under another identity (see ``ingest.writer``). Exactly once per reading, at least
+  once per message.
+- Performance (bench/ingest.py): the collector encodes each message's rows for COPY as it arrives and
+  yields to the loop every ``COLLECT_CHUNK`` messages, so the writers' transactions never wait long on
+  Python; two batches are written at once on two connections (the next batch's COPY overlaps the
+  previous one's commit), their acknowledgements still in order.
 - Back-pressure: a slow or unreachable database stops acknowledgements, the broker stops sending after
   the Receive Maximum window, and the backlog waits in the broker's persistent session. Memory is bounded
-  by that window plus ``max_queued_batches`` batches; a failing write is retried with backoff, forever,
-  and logged — nothing is dropped.
+  by that window plus ``max_queued_batches`` batches and the ``WRITES_IN_FLIGHT`` being written; a
+  failing write is retried with backoff, forever, and logged — nothing is dropped.
 - Invalid input (topic, payload, unknown metric, implausible timestamp, device under another site) is
   counted by reason in ``lishui_ingest_invalid_total``, logged at most once per reason every 10 s, and
   skipped; the stream goes on.
@@ -24,6 +31,8 @@ Flow::
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import socket
 import time
@@ -40,13 +49,19 @@ from core.topics import SITE_TARGET, Channel, parse, shared, subscription
 from ingest import maintenance
 from ingest import metrics as m
 from ingest.source import Inbound, MqttSource
-from ingest.writer import Batch, Reading, TelemetryWriter, WriteResult
+from ingest.writer import Batch, Reading, TelemetryWriter, WriteResult, payload_digest
 
 log = logging.getLogger(__name__)
 
 # Readings further in the future than this are a device clock problem, not data.
 MAX_FUTURE = timedelta(days=1)
 RETENTION_EVERY_S = 3600.0
+# Messages validated between two yields to the event loop (a few ms of work).
+COLLECT_CHUNK = 64
+_METRIC_IDS = {name: metric.id for name, metric in BY_NAME.items()}
+_TELEMETRY_MESSAGES = m.MESSAGES.labels(channel="telemetry")
+# Batches written concurrently, on as many connections (acknowledged in order all the same).
+WRITES_IN_FLIGHT = 2
 
 
 class RateLimitedLog:
@@ -100,10 +115,12 @@ class IngestService:
             session_expiry_s=session_expiry_s,
         )
         self.resolver = DeviceResolver()
-        self._writer = TelemetryWriter(settings.db.dsn, self.resolver)
+        # WRITES_IN_FLIGHT writers, each with its own connection (see _write_loop); _writer drains.
+        self._writers = [TelemetryWriter(settings.db.dsn, self.resolver) for _ in range(WRITES_IN_FLIGHT)]
+        self._writer = self._writers[0]
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=max_queued_batches)
         self._current = Batch()
-        self._inflight: Batch | None = None
+        self._inflight: list[Batch] = []  # taken from the queue, not yet acknowledged; oldest first
         self._drain_timeout_s = drain_timeout_s
         self._bad = RateLimitedLog(log)
 
@@ -136,18 +153,19 @@ class IngestService:
                 await self._drain()
             finally:
                 await self._source.stop()
-                await self._writer.close()
+                for writer in self._writers:
+                    await writer.close()
                 m.PENDING_ROWS.set(0)
                 log.info("ingest stopped")
 
     async def _drain(self) -> None:
         batch = Batch()
-        if self._inflight is not None:
-            batch.merge(self._inflight)
+        for held in self._inflight:
+            batch.merge(held)
         while not self._queue.empty():
             batch.merge(self._queue.get_nowait())
         batch.merge(self._current)
-        self._inflight, self._current = None, Batch()
+        self._inflight, self._current = [], Batch()
         if batch and await self._write_with_retry(batch, deadline=time.monotonic() + self._drain_timeout_s):
             self._source.ack(batch.acks)
         elif batch:
@@ -157,7 +175,7 @@ class IngestService:
 
     def _pending_rows(self) -> int:
         queued = sum(b.rows for b in self._queue._queue)  # type: ignore[attr-defined]
-        return self._current.rows + queued + (self._inflight.rows if self._inflight else 0)
+        return self._current.rows + queued + sum(b.rows for b in self._inflight)
 
     async def _collect(self) -> None:
         cfg = self.settings.ingest
@@ -165,7 +183,7 @@ class IngestService:
             timeout = None
             if self._current:
                 timeout = max(0.0, self._current.started + cfg.batch_max_delay_s - time.monotonic())
-            for item in await self._source.get_many(4096, timeout):
+            for item in await self._source.get_many(COLLECT_CHUNK, timeout):
                 if not self._current:
                     self._current.started = time.monotonic()
                 self._accept(item)
@@ -174,6 +192,10 @@ class IngestService:
             if self._current and time.monotonic() >= self._current.started + cfg.batch_max_delay_s:
                 await self._hand_over()
             m.PENDING_ROWS.set(self._pending_rows())
+            # get_many does not suspend while messages are buffered: yield after each chunk so the
+            # writer's transaction goes on as soon as the database answers (the backend waiting on
+            # this loop inside the transaction was half of the writer's time).
+            await asyncio.sleep(0)
 
     async def _hand_over(self) -> None:
         batch, self._current = self._current, Batch()
@@ -195,7 +217,7 @@ class IngestService:
             return
         pair = (address.site, address.device)
         if address.channel is Channel.TELEMETRY:
-            m.MESSAGES.labels(channel="telemetry").inc()
+            _TELEMETRY_MESSAGES.inc()
             try:
                 batch = decode(TelemetryBatch, item.payload)
             except PayloadError as err:
@@ -203,7 +225,11 @@ class IngestService:
                 return
             readings = self._readings(batch, item.topic)
             if readings:
-                self._current.add_readings(pair, readings)
+                # With its identity (fast path: de-duplicated by message) and, if the device id is
+                # known, encoded for COPY now, while the writer waits on the database.
+                self._current.add_message(
+                    pair, batch.seq, payload_digest(item.payload), readings, self.resolver.cached(*pair)
+                )
         elif address.channel is Channel.STATUS:
             m.MESSAGES.labels(channel="status").inc()
             if not item.payload:  # a retained status being cleared
@@ -222,6 +248,7 @@ class IngestService:
         newest = now + MAX_FUTURE
         oldest = now - timedelta(days=self.settings.db.retention_days)
         readings: list[Reading] = []
+        append, metric_id = readings.append, _METRIC_IDS.get  # (the innermost loop of ingest)
         unknown: set[str] = set()
         n_unknown = n_range = 0
         for sample in batch.samples:
@@ -230,12 +257,12 @@ class IngestService:
                 n_range += len(sample.values)
                 continue
             for name, value in sample.values.items():
-                metric = BY_NAME.get(name)
-                if metric is None:
+                mid = metric_id(name)
+                if mid is None:
                     unknown.add(name)
                     n_unknown += 1
                 else:
-                    readings.append((ts, metric.id, value))
+                    append((ts, mid, value))
         if n_unknown:
             self._invalid("unknown_metric", f"not in the catalogue: {sorted(unknown)}", topic, n_unknown)
         if n_range:
@@ -247,24 +274,57 @@ class IngestService:
     # -- writing ------------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Up to ``WRITES_IN_FLIGHT`` batches are written at once, each on its own connection: the next
+        batch's identities and COPY overlap the previous one's markers, last_seen and commit (the row locks
+        on markers and devices, taken in a fixed order, then serialize the two). Acknowledgements go out in
+        batch order, each batch's only after its own commit and its predecessors' acknowledgements."""
         max_rows = self.settings.ingest.batch_max_rows
-        while True:
-            batch = await self._queue.get()
-            # A writer that fell behind catches up with bigger transactions.
-            while not self._queue.empty() and batch.rows < max_rows:
-                batch.merge(self._queue.get_nowait())
-            self._inflight = batch
-            await self._write_with_retry(batch)
-            self._source.ack(batch.acks)
-            self._inflight = None
-            m.PENDING_ROWS.set(self._pending_rows())
+        pending: collections.deque[tuple[Batch, TelemetryWriter, asyncio.Task[bool]]] = collections.deque()
+        getter: asyncio.Task[Batch] | None = None
+        try:
+            while True:
+                while pending and pending[0][2].done():
+                    batch, _, task = pending.popleft()
+                    task.result()  # retried until written: only a bug gets here with an exception
+                    self._source.ack(batch.acks)
+                    self._inflight.remove(batch)
+                    m.PENDING_ROWS.set(self._pending_rows())
+                waits: set[asyncio.Future[Any]] = {pending[0][2]} if pending else set()
+                if len(pending) < len(self._writers):
+                    if getter is None:
+                        getter = asyncio.ensure_future(self._queue.get())
+                    waits.add(getter)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if getter is not None and getter.done():
+                    batch, getter = getter.result(), None
+                    # A writer that fell behind catches up with bigger transactions.
+                    while not self._queue.empty() and batch.rows < max_rows:
+                        batch.merge(self._queue.get_nowait())
+                    busy = {id(w) for _, w, _ in pending}
+                    writer = next(w for w in self._writers if id(w) not in busy)
+                    self._inflight.append(batch)
+                    task = asyncio.create_task(self._write_with_retry(batch, writer=writer))
+                    pending.append((batch, writer, task))
+        finally:
+            # Cancelled: what is in flight is rolled back (or committed, which a rewrite turns into a
+            # no-op); _drain writes and acknowledges it all, in order.
+            if getter is not None:
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    self._inflight.append(await getter)
+            for _, _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, _, task in pending), return_exceptions=True)
 
-    async def _write_with_retry(self, batch: Batch, deadline: float | None = None) -> bool:
+    async def _write_with_retry(
+        self, batch: Batch, deadline: float | None = None, writer: TelemetryWriter | None = None
+    ) -> bool:
+        writer = writer or self._writer
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                result = await self._writer.write(batch)
+                result = await writer.write(batch)
             except (psycopg.Error, OSError) as err:
                 m.WRITE_ERRORS.inc()
                 log.error(
@@ -309,7 +369,7 @@ class IngestService:
                             application_name="lishui-ingest-maint",
                             connect_timeout=5,
                         )
-                    await maintenance.refresh_rollups(conn)
+                    await maintenance.refresh_rollups(conn, grace_s=self.settings.ingest.rollup_grace_s)
                     if time.monotonic() >= next_retention:
                         await maintenance.apply_retention(conn, self.settings.db)
                         next_retention = time.monotonic() + RETENTION_EVERY_S

@@ -1,38 +1,127 @@
-"""Batches and the database writer: binary COPY into a staging table, then one transaction that inserts
-into ``telemetry`` (``ON CONFLICT DO NOTHING``, so a redelivered reading is a no-op), marks the touched
-rollup buckets dirty, advances ``devices.last_seen`` and applies device statuses.
+"""Batches and the database writer.
 
-Every statement locks rows in a fixed order (telemetry by primary key, markers by (bucket, device),
-devices by id), so any number of ingest processes writing the same devices at once never deadlock.
+One transaction per batch. A batch is made of telemetry *messages*, each known by its identity
+``(device_id, seq, digest, oldest ts)`` (``digest``: 64 bits of BLAKE2b over the payload bytes, so a
+publisher that reuses a ``seq`` for new data is never taken for a redelivery), plus device statuses.
+
+Fast path (the normal case)::
+
+    BEGIN
+    INSERT INTO ingest_batches <identities, in key order> ON CONFLICT DO NOTHING RETURNING ...
+    COPY telemetry FROM STDIN (FORMAT BINARY)      -- the rows of the messages returned, pre-encoded
+    SELECT mark_rollups_dirty(...)                 -- (minute, device) pairs of those rows
+    UPDATE devices SET last_seen ...               -- once per device, from a VALUES (unnest) join
+    COMMIT
+
+De-duplication is by message, not by row: a QoS 1 redelivery conflicts on ``ingest_batches`` and is
+skipped whole, so the new rows need no ``ON CONFLICT`` and go straight into the hypertable with COPY
+(no staging table, no per-row conflict check). The identity insert is also the serialization point
+between ingest processes on the shared subscription: a second writer inserting the same identity waits
+for the first one's commit and then skips the message (or writes it, if the first rolled back).
+
+Slow path (the fallback): if the COPY still meets a row that exists (``UniqueViolation``: the same
+reading under another identity, e.g. a gateway that lost its seq state and re-encoded a spooled batch)
+or a deadlock (two such writers copying overlapping rows in different orders), the transaction is rolled
+back and the batch is written again the old way: identities as above, then binary COPY into a temporary
+staging table and ``INSERT … SELECT … ORDER BY (device_id, ts, metric_id) ON CONFLICT DO NOTHING``.
+Correctness never depends on the fast path: the telemetry primary key still guards every row.
+Readings added without an identity (``Batch.add_readings``) always take the staging path.
+
+Python stays out of the transaction: each message's rows are encoded to the binary COPY format when the
+message is accepted (by the collector, while the previous batch commits), so inside the transaction the
+writer only joins byte strings and the backend never waits for Python row building. The transaction is
+four round trips (BEGIN + identities pipelined; the COPY; markers + last_seen + statuses + COMMIT
+pipelined), and array parameters are sent in binary (psycopg's text array dumper quotes every element).
+
+Measured (bench/ingest.py, 10,000 devices, this 2-core machine): the writer alone commits 350-400k
+rows/s in 20k-row batches, against 430-480k/s for ``psql \\copy``; the previous design (staging table and
+``ON CONFLICT`` for every batch, rows built in the transaction) spent about 120 ms per 20k-row batch
+(~165k rows/s). End to end the limit is now the machine's CPU (see the bench).
+
+Locks are taken in a fixed order (identities by key, telemetry by primary key on the slow path, markers
+by (bucket, device), devices by id), so ingest processes writing the same devices never deadlock on the
+slow path; on the fast path the only possible deadlock is the overlap case above, which falls back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from core.payloads import Status
 from core.registry import DeviceConflict, DeviceResolver
+from ingest import metrics as m
 from ingest.source import Ack
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[str, str]  # (site_key, device_key)
 Reading = tuple[datetime, int, float]  # (ts, metric_id, value)
+Identity = tuple[int, int, int, datetime]  # (device_id, seq, digest, oldest ts)
+
+# Binary COPY of (ts timestamptz, device_id int4, metric_id int2, value float8): per row the field
+# count, then each field's length and value, big-endian; timestamps are microseconds since 2000-01-01.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_ROW = struct.Struct(">hiqiiihid")
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_SEQ_MASK = (1 << 63) - 1  # seq is unbounded in the contract; bigint in the table
+
+
+def encode_rows(device_id: int, readings: list[Reading], stamps: list[datetime] | None = None) -> bytes:
+    """Readings as binary COPY rows (no header or trailer); appends each sample's time to ``stamps``."""
+    pack = _ROW.pack
+    out: list[bytes] = []
+    append = out.append
+    last: datetime | None = None
+    us = 0
+    for ts, metric_id, value in readings:
+        if ts is not last:  # a sample's readings share one datetime object: convert it once
+            last, us = ts, (ts - _PG_EPOCH) // _MICROSECOND
+            if stamps is not None:
+                stamps.append(ts)
+        append(pack(4, 8, us, 4, device_id, 2, metric_id, 8, value))
+    return b"".join(out)
+
+
+def payload_digest(payload: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)
+
+
+@dataclass(slots=True)
+class Message:
+    """One telemetry message's readings, its identity, and its rows encoded for ``device_id``."""
+
+    pair: Pair
+    seq: int
+    digest: int
+    readings: list[Reading]
+    stamps: list[datetime]  # the readings' times, one per sample (for rollup markers and last_seen)
+    device_id: int | None = None
+    encoded: bytes = b""
+
+    def encode(self, device_id: int) -> None:
+        self.device_id, self.encoded = device_id, encode_rows(device_id, self.readings)
 
 
 @dataclass
 class Batch:
     """What one transaction writes, and the messages it acknowledges once committed."""
 
-    readings: dict[Pair, list[Reading]] = field(default_factory=dict)
+    readings: dict[Pair, list[Reading]] = field(default_factory=dict)  # without identity: staged
     messages: dict[Pair, int] = field(default_factory=dict)  # telemetry messages per device
+    keyed: list[Message] = field(default_factory=list)  # messages with an identity: fast path
     statuses: dict[Pair, Status] = field(default_factory=dict)  # newest per device
     acks: list[Ack] = field(default_factory=list)
     rows: int = 0
@@ -42,7 +131,25 @@ class Batch:
         return bool(self.acks or self.rows or self.statuses)
 
     def add_readings(self, pair: Pair, readings: list[Reading]) -> None:
+        """Readings without a message identity (de-duplicated row by row, on the staging path)."""
         self.readings.setdefault(pair, []).extend(readings)
+        self.messages[pair] = self.messages.get(pair, 0) + 1
+        self.rows += len(readings)
+
+    def add_message(
+        self, pair: Pair, seq: int, digest: int, readings: list[Reading], device_id: int | None = None
+    ) -> None:
+        """One telemetry message's (non-empty) readings; encoded now if the device id is known."""
+        stamps: list[datetime] = []
+        msg = Message(pair, seq & _SEQ_MASK, digest, readings, stamps)
+        if device_id is not None:  # one pass: rows encoded, stamps collected
+            msg.device_id, msg.encoded = device_id, encode_rows(device_id, readings, stamps)
+        else:
+            last = None
+            for ts, _, _ in readings:  # a sample's readings share one datetime object
+                if ts is not last:
+                    stamps.append(last := ts)
+        self.keyed.append(msg)
         self.messages[pair] = self.messages.get(pair, 0) + 1
         self.rows += len(readings)
 
@@ -56,6 +163,7 @@ class Batch:
             self.readings.setdefault(pair, []).extend(readings)
         for pair, n in other.messages.items():
             self.messages[pair] = self.messages.get(pair, 0) + n
+        self.keyed.extend(other.keyed)
         for pair, status in other.statuses.items():
             self.add_status(pair, status)
         self.acks.extend(other.acks)
@@ -70,6 +178,7 @@ class WriteResult:
     rejected_messages: int
     statuses: int
     conflicts: tuple[DeviceConflict, ...] = ()
+    fallback: bool = False  # the fast path met an existing row and the batch went through staging
 
 
 _STAGE_DDL = (
@@ -77,23 +186,28 @@ _STAGE_DDL = (
     " (ts timestamptz NOT NULL, device_id integer NOT NULL, metric_id smallint NOT NULL,"
     " value double precision NOT NULL) ON COMMIT DELETE ROWS"
 )
-_COPY = "COPY ingest_stage (ts, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = ["timestamptz", "int4", "int2", "float8"]
-_INSERT = (
+_COPY_DIRECT = "COPY telemetry (ts, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = "COPY ingest_stage (ts, device_id, metric_id, value) FROM STDIN (FORMAT BINARY)"
+_INSERT_STAGED = (
     "INSERT INTO telemetry (ts, device_id, metric_id, value)"
     " SELECT ts, device_id, metric_id, value FROM ingest_stage ORDER BY device_id, ts, metric_id"
     " ON CONFLICT DO NOTHING"
 )
-# Marks every staged (minute, device) pair: on a partial redelivery that may recompute a bucket that
-# did not change, which is harmless; a batch that inserted nothing marks nothing.
-_MARK = (
-    "SELECT mark_rollups_dirty(array_agg(b), array_agg(d)) FROM"
-    " (SELECT DISTINCT time_bucket('1 minute', ts) AS b, device_id AS d FROM ingest_stage) p"
+_CLAIM = (
+    "INSERT INTO ingest_batches (device_id, seq, digest, ts)"
+    " SELECT * FROM unnest(%b::integer[], %b::bigint[], %b::bigint[], %b::timestamptz[])"
+    " ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING RETURNING device_id, seq, digest, ts"
 )
+# Every written message's (time, device) pairs; the function buckets them. On the staging path a
+# partial redelivery may recompute a bucket that did not change, which is harmless; a batch that
+# inserted nothing marks nothing.
+_MARK = "SELECT mark_rollups_dirty(%b::timestamptz[], %b::integer[])"
+# (Array parameters go in binary, %b: psycopg's text array dumper quotes every element, and that was
+# most of the writer's own CPU.)
 # last_seen is the newest reading's time (capped at now, against devices with a clock in the future).
 _LAST_SEEN = (
-    "WITH s AS (SELECT device_id, least(max(ts), now()) AS m FROM ingest_stage GROUP BY device_id),"
-    " locked AS (SELECT d.id, s.m FROM devices d JOIN s ON s.device_id = d.id"
+    "WITH s AS (SELECT id, least(m, now()) AS m FROM unnest(%b::integer[], %b::timestamptz[]) AS u(id, m)),"
+    " locked AS (SELECT d.id, s.m FROM devices d JOIN s ON s.id = d.id"
     "  WHERE d.last_seen IS NULL OR d.last_seen < s.m ORDER BY d.id FOR NO KEY UPDATE OF d)"
     " UPDATE devices d SET last_seen = greatest(d.last_seen, locked.m) FROM locked WHERE d.id = locked.id"
 )
@@ -105,6 +219,42 @@ _STATUS = (
     " UPDATE devices d SET status = locked.state, status_reason = locked.reason, status_at = locked.ts"
     " FROM locked WHERE d.id = locked.id AND (d.status_at IS NULL OR d.status_at <= locked.ts)"
 )
+
+
+@dataclass
+class _Plan:
+    """A batch resolved to device ids and encoded, ready for a transaction (fast or slow)."""
+
+    keyed: dict[Identity, Message]  # first message of each identity
+    loose: list[tuple[int, list[Reading]]]  # (device_id, readings) without identity
+    loose_encoded: bytes
+    statuses: list[tuple[int, str, str | None, datetime]]
+    total_rows: int
+
+
+def _touched(messages: list[Message], loose: list[tuple[int, list[Reading]]]) -> tuple[list[Any], ...]:
+    """(times, device ids) for the rollup markers, and (device ids, newest time) for last_seen."""
+    times: list[datetime] = []
+    devices: list[int] = []
+    newest: dict[int, datetime] = {}
+    for msg in messages:
+        assert msg.device_id is not None
+        times.extend(msg.stamps)
+        devices.extend([msg.device_id] * len(msg.stamps))
+        top = max(msg.stamps)
+        held = newest.get(msg.device_id)
+        if held is None or held < top:
+            newest[msg.device_id] = top
+    for device_id, readings in loose:
+        stamps = list(dict.fromkeys(ts for ts, _, _ in readings))
+        times.extend(stamps)
+        devices.extend([device_id] * len(stamps))
+        top = max(stamps)
+        held = newest.get(device_id)
+        if held is None or held < top:
+            newest[device_id] = top
+    ids = sorted(newest)
+    return times, devices, ids, [newest[i] for i in ids]
 
 
 class TelemetryWriter:
@@ -123,10 +273,9 @@ class TelemetryWriter:
         if self._conn is None or self._conn.closed or self._conn.broken:
             await self.close()
             conn = await psycopg.AsyncConnection.connect(
-                self._dsn, application_name=self._application_name, connect_timeout=5
+                self._dsn, application_name=self._application_name, connect_timeout=5, autocommit=True
             )
             await conn.execute(_STAGE_DDL)
-            await conn.commit()
             self._conn = conn
         return self._conn
 
@@ -148,35 +297,100 @@ class TelemetryWriter:
 
     async def _write(self, batch: Batch) -> WriteResult:
         conn = await self._connection()
-        pairs = list(batch.readings.keys() | batch.statuses.keys())
+        pairs = list(batch.readings.keys() | batch.statuses.keys() | {msg.pair for msg in batch.keyed})
         ids = await self._resolver.resolve_many(conn, pairs)
-        rejected = 0
         conflicts = tuple(c for c in ids.values() if isinstance(c, DeviceConflict))
-        rows: list[tuple[datetime, int, int, float]] = []
+        rejected = sum(batch.messages.get(p, 0) for p in pairs if isinstance(ids[p], DeviceConflict))
+        plan = self._plan(batch, ids)
+        rejected += len(batch.statuses) - len(plan.statuses)
+        fallback = False
+        try:
+            inserted = await self._transaction(conn, plan, fast=True)
+        except (errors.UniqueViolation, errors.DeadlockDetected) as err:
+            # The same reading under another identity (or two writers overlapping on such rows):
+            # write the batch again, row by row ON CONFLICT DO NOTHING.
+            m.FAST_PATH_FALLBACKS.inc()
+            log.info("fast path met existing rows, batch staged", extra={"error": str(err).strip()[:200]})
+            fallback = True
+            inserted = await self._transaction(conn, plan, fast=False)
+        return WriteResult(
+            inserted, plan.total_rows - inserted, rejected, len(plan.statuses), conflicts, fallback
+        )
+
+    @staticmethod
+    def _plan(batch: Batch, ids: dict[Pair, int | DeviceConflict]) -> _Plan:
+        total = 0
+        keyed: dict[Identity, Message] = {}
+        for msg in batch.keyed:
+            device_id = ids[msg.pair]
+            if isinstance(device_id, DeviceConflict):
+                continue
+            total += len(msg.readings)
+            if msg.device_id != device_id:  # not encoded yet (device unknown when accepted)
+                msg.encode(device_id)
+            keyed.setdefault((device_id, msg.seq, msg.digest, min(msg.stamps)), msg)
+        loose: list[tuple[int, list[Reading]]] = []
         for pair, readings in batch.readings.items():
             device_id = ids[pair]
-            if isinstance(device_id, DeviceConflict):
-                rejected += batch.messages.get(pair, 0)
+            if isinstance(device_id, DeviceConflict) or not readings:
                 continue
-            rows.extend([(ts, device_id, metric_id, value) for ts, metric_id, value in readings])
+            loose.append((device_id, readings))
+            total += len(readings)
         statuses = sorted(
             (device_id, s.state.value, s.reason, s.ts)
             for pair, s in batch.statuses.items()
             if not isinstance(device_id := ids[pair], DeviceConflict)
         )
-        rejected += len(batch.statuses) - len(statuses)
+        loose_encoded = b"".join(encode_rows(d, r) for d, r in loose)
+        return _Plan(keyed, loose, loose_encoded, statuses, total)
+
+    @staticmethod
+    async def _transaction(conn: psycopg.AsyncConnection[tuple[Any, ...]], plan: _Plan, *, fast: bool) -> int:
+        """One attempt at the batch; returns the telemetry rows inserted.
+
+        Four round trips on the fast path: BEGIN and the identities in one pipeline, the COPY (two), then
+        markers, last_seen, statuses and COMMIT in one pipeline. (The connection is in autocommit mode,
+        so BEGIN/COMMIT are ours; COPY cannot run in a pipeline.)"""
         inserted = 0
-        async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-            if rows:
-                async with cur.copy(_COPY) as copy:
-                    copy.set_types(_COPY_TYPES)
-                    for row in rows:
-                        await copy.write_row(row)
-                await cur.execute(_INSERT)
-                inserted = max(cur.rowcount, 0)
+        try:
+            new: list[Message] = []
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                if plan.keyed:
+                    cols = [list(c) for c in zip(*plan.keyed, strict=True)]
+                    claim = await conn.execute(_CLAIM, cols)
+            if plan.keyed:
+                new = [plan.keyed[(d, s, g, t)] for d, s, g, t in await claim.fetchall()]
+            direct = b"".join(msg.encoded for msg in new)
+            staged = plan.loose_encoded
+            if not fast:
+                direct, staged = b"", direct + staged
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                if direct:
+                    async with cur.copy(_COPY_DIRECT) as copy:
+                        await copy.write(_COPY_HEADER)
+                        await copy.write(direct)
+                        await copy.write(_COPY_TRAILER)
+                    inserted += max(cur.rowcount, 0)
+                if staged:
+                    async with cur.copy(_COPY_STAGE) as copy:
+                        await copy.write(_COPY_HEADER)
+                        await copy.write(staged)
+                        await copy.write(_COPY_TRAILER)
+                    await cur.execute(_INSERT_STAGED)
+                    inserted += max(cur.rowcount, 0)
+            async with conn.pipeline():
                 if inserted:
-                    await cur.execute(_MARK)
-                    await cur.execute(_LAST_SEEN)
-            if statuses:
-                await cur.execute(_STATUS, [list(col) for col in zip(*statuses, strict=True)])
-        return WriteResult(inserted, len(rows) - inserted, rejected, len(statuses), conflicts)
+                    times, devices, ids, newest = _touched(new, plan.loose)
+                    await conn.execute(_MARK, (times, devices))
+                    await conn.execute(_LAST_SEEN, (ids, newest))
+                if plan.statuses:
+                    await conn.execute(_STATUS, [list(col) for col in zip(*plan.statuses, strict=True)])
+                await conn.execute("COMMIT")
+        except psycopg.Error:
+            # Back to idle, for the fallback; anything else (a cancellation) leaves the connection to
+            # write(), which closes it (the server then rolls back).
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                await conn.execute("ROLLBACK")
+            raise
+        return inserted

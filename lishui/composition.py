@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -13,6 +14,7 @@ import yaml
 from core import registry
 from core.settings import Settings
 from gateway.config import DeviceConfig, GatewayConfig
+from ocpp_server import registry as piles
 from simulators.clock import SimClock
 from simulators.fleet import Endpoint, serve_fleet
 from simulators.scenario import Scenario, load_scenario
@@ -28,11 +30,45 @@ async def seed_registry(settings: Settings, scenario: Scenario) -> dict[str, int
                 conn, s.key, s.name, s.tenant, s.town, s.kind, s.tier, s.feeder, s.latitude, s.longitude
             )
         for d in scenario.devices:
-            await registry.upsert_device(
-                conn, d.key, d.site, d.kind, d.profile, d.vendor, d.model, d.rated_power_w, d.tier
-            )
+            if d.kind != "charge_point":
+                await registry.upsert_device(
+                    conn, d.key, d.site, d.kind, d.profile, d.vendor, d.model, d.rated_power_w, d.tier
+                )
         await conn.commit()
-    return {"tenants": len(scenario.tenants), "sites": len(scenario.sites), "devices": len(scenario.devices)}
+        piles = await seed_piles(conn, scenario)
+    return {
+        "tenants": len(scenario.tenants),
+        "sites": len(scenario.sites),
+        "devices": len(scenario.devices),
+        "piles": piles,
+    }
+
+
+async def seed_piles(conn: psycopg.AsyncConnection[Any], scenario: Scenario) -> int:
+    """The scenario's charge points as OCPP piles, accepted, with their passwords, and the id tokens their
+    drivers present (idempotent: an existing pile keeps its lifecycle and password)."""
+    for spec in scenario.pile_specs():
+        assert spec.site is not None and spec.password is not None  # scenario validation
+        try:
+            await piles.add_pile(
+                conn,
+                spec.id,
+                spec.site,
+                max_power_w=spec.max_power_w,
+                speed="fast" if spec.fast else "slow",
+                vendor=spec.vendor,
+                model=spec.model_name,
+                lifecycle="accepted",
+                connectors=spec.connectors,
+                password=spec.password,
+            )
+        except piles.PileExists:
+            if not (await piles.get_pile(conn, spec.id))["has_password"]:
+                await piles.set_password(conn, spec.id, spec.password)
+        for token in spec.id_tokens:
+            await piles.add_token(conn, token)
+        await conn.commit()
+    return len(scenario.charge_points)
 
 
 def gateway_config(scenario: Scenario, endpoints: dict[str, Endpoint], name: str = "gw-1") -> GatewayConfig:
@@ -74,7 +110,7 @@ async def run_simulators(
             text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
             await asyncio.to_thread(Path(gateway_file).write_text, text, encoding="utf-8")
             print(f"gateway file written: {gateway_file}")
-        kinds = Counter(d.kind for d in scenario.devices)
+        kinds = Counter(d.kind for d in scenario.modbus_devices)
         print(
             f"scenario {scenario.name}: {len(fleet.endpoints)} Modbus devices "
             f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); Ctrl-C stops"

@@ -1,4 +1,5 @@
-"""``lishui demo``: simulators, gateway, ingest and API on a simulated county, in one process."""
+"""``lishui demo``: simulators, gateway, ingest, the OCPP central system with simulated charging piles, and
+the API on a simulated county, in one process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from gateway.service import run_gateway
 from ingest.service import run_ingest
 from lishui.composition import gateway_config, seed_registry, sim_clock
 from lishui.webserver import serve_api
+from ocpp_server.service import run_ocpp_server
+from simulators.clock import SimClock
 from simulators.fleet import serve_fleet
+from simulators.ocpp import PileSpec, run_piles
 from simulators.scenario import load_scenario
 
 log = logging.getLogger("lishui.demo")
@@ -25,31 +29,59 @@ async def run_demo(settings: Settings, scenario_name: str, time_factor: float | 
     await db.migrate(settings.db.dsn)
     scenario = load_scenario(scenario_name)
     await seed_registry(settings, scenario)
-    async with serve_fleet(scenario, clock=sim_clock(scenario, time_factor)) as fleet:
+    clock = sim_clock(scenario, time_factor)
+    async with serve_fleet(scenario, clock=clock) as fleet:
         config = gateway_config(scenario, fleet.endpoints, name="demo-gw")
         api_started = asyncio.Event()
+        ocpp_port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(run_ingest(settings), name="ingest")
             tg.create_task(run_gateway(settings, config), name="gateway")
             tg.create_task(
                 serve_api(create_app(settings), settings.api.host, settings.api.port, api_started), name="api"
             )
+            tg.create_task(run_ocpp_server(settings, on_listening=ocpp_port.set_result), name="ocpp")
             await api_started.wait()
-            _print_where_to_look(settings, scenario.name, len(config.devices))
+            port = await ocpp_port
+            url = f"ws://{_client_host(settings.ocpp.host)}:{port}/ocpp"
+            specs = scenario.pile_specs()
+            tg.create_task(_run_piles(specs, url, clock), name="piles")
+            _print_where_to_look(settings, scenario.name, len(config.devices), len(specs), url)
             tg.create_task(_report_when_live(settings, {d.key for d in config.devices}), name="live-check")
 
 
-def _print_where_to_look(settings: Settings, scenario: str, devices: int) -> None:
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+async def _run_piles(specs: list[PileSpec], url: str, clock: SimClock) -> None:
+    """The scenario's charging piles, connected to the demo's OCPP server until cancelled."""
+    if not specs:
+        return
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # the library logs every frame at INFO
+    async with run_piles(specs, url, clock=clock, server_real_time=True) as piles:
+        try:
+            await piles.wait_accepted(within_s=60)
+            print(f"All {len(piles)} charging piles are connected and accepted.", flush=True)
+        except TimeoutError:
+            log.warning("piles not all accepted", extra={"accepted": piles.accepted, "piles": len(piles)})
+        await asyncio.Event().wait()
+
+
+def _print_where_to_look(settings: Settings, scenario: str, devices: int, piles: int, ocpp_url: str) -> None:
     base = f"http://{settings.api.host}:{settings.api.port}"
     print(
         f"""
-Lishui demo: scenario '{scenario}', {devices} simulated Modbus devices, gateway, ingest and API running.
+Lishui demo: scenario '{scenario}', {devices} simulated Modbus devices, {piles} simulated charging piles,
+gateway, ingest, OCPP central system and API running.
 
   Dashboard       {base}/
   API docs        {base}/docs
   Devices         curl -s {base}/api/v1/devices
   Latest values   curl -s {base}/api/v1/devices/<device>/latest
   Series (1 min)  curl -s '{base}/api/v1/devices/<device>/series?metric=active_power_w&bucket=1m'
+  OCPP            {ocpp_url}/{{chargePointId}}  (1.6J and 2.0.1, HTTP Basic auth)
+  Charging piles  curl -s {base}/api/v1/charging/piles
   MQTT stream     mosquitto_sub -h {settings.mqtt.host} -t '{settings.topic_root}/v1/#' -v
   Database        psql {settings.db.dsn}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("lishui_ocpp_connections", "Piles connected to this node", ["version"])
@@ -28,3 +30,19 @@ VIOLATIONS = Counter("lishui_ocpp_violations_total", "Lifecycle violations recor
 COMMANDS = Counter("lishui_ocpp_commands_total", "Operator commands by op and status", ["op", "status"])
 TRANSACTIONS = Counter("lishui_ocpp_transactions_total", "Transactions started/ended", ["event"])
 PUBLISH_QUEUE = Gauge("lishui_ocpp_publish_queue", "MQTT messages waiting to be published")
+
+_received: dict[tuple[str, str, str], Any] = {}
+_seconds: dict[str, Any] = {}
+
+
+def call_received(version: str, action: str, outcome: str, seconds: float) -> None:
+    """CALLS_RECEIVED and CALL_SECONDS, with the labelled children looked up once (hot path)."""
+    key = (version, action, outcome)
+    counter = _received.get(key)
+    if counter is None:
+        counter = _received[key] = CALLS_RECEIVED.labels(version, action, outcome)
+    counter.inc()
+    hist = _seconds.get(version)
+    if hist is None:
+        hist = _seconds[version] = CALL_SECONDS.labels(version)
+    hist.observe(seconds)

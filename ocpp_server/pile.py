@@ -21,6 +21,7 @@ from ocpp_server.measurands import PileMeter, parse_ts, sample_metrics
 from ocpp_server.registry import AuthResult, BootDecision, BootStatus, PileAuth
 from ocpp_server.rpc import OcppConnection, SpecError
 from ocpp_server.settings import OcppSettings
+from ocpp_server.writes import BootDecider, ConnectionNotes, StatusWriter
 
 if TYPE_CHECKING:
     from ocpp_server.server import Hub
@@ -36,6 +37,9 @@ class Context:
     bus: Bus
     node: str
     hub: Hub
+    statuses: StatusWriter
+    connections: ConnectionNotes
+    boots: BootDecider
     # per-pile telemetry seq, kept across reconnects to this node
     seqs: dict[str, int] = field(default_factory=dict)
 
@@ -53,6 +57,7 @@ class Pile(OcppConnection):
         self.lifecycle = auth.lifecycle
         self.meter = PileMeter()
         self.booted: BootDecision | None = None
+        self._statuses: dict[tuple[int, int], tuple[str, str | None]] = {}
 
     @property
     def key(self) -> str:
@@ -74,10 +79,13 @@ class Pile(OcppConnection):
     # ---------------------------------------------------------------------------- connection life
 
     async def on_connected(self) -> None:
-        async with self.ctx.pool.connection() as conn:
-            await registry.note_connected(conn, self.auth.device_id, self.version, self.ctx.node)
+        self.ctx.connections.put(self.auth.device_id, self.version, self.ctx.node, self._lifecycle_now)
         if self.operable:
             self.publish_status(DeviceState.ONLINE, "connected")
+
+    def _lifecycle_now(self, lifecycle: str) -> None:
+        if self.booted is None:  # the handshake's auth row may be a cached one
+            self.lifecycle = lifecycle
 
     def on_disconnected(self, replaced: bool) -> None:
         if not replaced:
@@ -125,17 +133,8 @@ class Pile(OcppConnection):
         firmware: str | None,
         reason: str | None,
     ) -> BootDecision:
-        async with self.ctx.pool.connection() as conn:
-            decision = await registry.decide_boot(
-                conn,
-                self.auth.device_id,
-                version=self.version,
-                vendor=vendor,
-                model=model,
-                serial_number=serial,
-                firmware_version=firmware,
-                reason=reason,
-            )
+        boot = registry.BootInfo(self.version, vendor, model, serial, firmware, reason)
+        decision = await self.ctx.boots.decide(self.auth.device_id, boot)
         self.booted = decision
         self.lifecycle = decision.lifecycle
         log.info(
@@ -185,18 +184,22 @@ class Pile(OcppConnection):
     async def status_changed(
         self, evse_id: int, connector_id: int, status: str, error_code: str | None, ts: datetime | None
     ) -> None:
-        async with self.ctx.pool.connection() as conn:
-            before = await registry.set_connector_status(
-                conn, self.auth.device_id, evse_id, connector_id, status, error_code, ts
-            )
-        if before != status:
+        """Remember and store (write-behind) a connector's status; an event when it changed."""
+        key = (evse_id, connector_id)
+        before = self._statuses.get(key)
+        if before == (status, error_code):
+            return
+        self._statuses[key] = (status, error_code)
+        where = (self.auth.device_id, evse_id, connector_id)
+        self.ctx.statuses.put(where, status, error_code, ts or utcnow())
+        if before is None or before[0] != status:
             self.publish_event(
                 "status.changed",
                 {
                     "evse_id": evse_id,
                     "connector_id": connector_id,
                     "status": status,
-                    "previous": before,
+                    "previous": before[0] if before else None,
                     "error_code": error_code,
                 },
                 ts,

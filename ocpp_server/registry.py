@@ -290,41 +290,10 @@ async def decide_boot(
     firmware_version: str | None,
     reason: str | None = None,
 ) -> BootDecision:
-    """The answer to a BootNotification, per the lifecycle rule; records the boot and any violation."""
-    async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT lifecycle FROM devices WHERE id = %s FOR UPDATE", (device_id,))
-        row = await cur.fetchone()
-        lifecycle = str(row[0]) if row else "retired"
-        status, violation = decide(lifecycle)
-        if status is BootStatus.ACCEPTED and lifecycle == "accepted":
-            await cur.execute("UPDATE devices SET lifecycle = 'operating' WHERE id = %s", (device_id,))
-            lifecycle = "operating"
-        if status is BootStatus.ACCEPTED:
-            await cur.execute(
-                "UPDATE devices SET vendor = COALESCE(%s, vendor), model = COALESCE(%s, model) WHERE id = %s",
-                (vendor, model, device_id),
-            )
-        await cur.execute(
-            "UPDATE charge_points SET ocpp_version = %s, vendor = %s, model = %s, serial_number = %s,"
-            " firmware_version = %s, last_boot_at = now(), last_boot_status = %s WHERE device_id = %s",
-            (version, vendor, model, serial_number, firmware_version, status.value, device_id),
-        )
-        if violation:
-            await record_violation(
-                conn,
-                device_id,
-                violation,
-                lifecycle,
-                {
-                    "message": "BootNotification",
-                    "answer": status.value,
-                    "reason": reason,
-                    "vendor": vendor,
-                    "model": model,
-                    "firmware": firmware_version,
-                },
-            )
-    return BootDecision(status, lifecycle, violation)
+    """The answer to a BootNotification, per the lifecycle rule; records the boot and any violation
+    (one pile: ``decide_boots``, which the server batches)."""
+    boot = BootInfo(version, vendor, model, serial_number, firmware_version, reason)
+    return (await decide_boots(conn, {device_id: boot}))[device_id]
 
 
 async def record_violation(
@@ -492,3 +461,114 @@ async def local_list(conn: Conn, pile_tenant: int | None) -> list[tuple[str, str
         (token, ttype, AuthResult(_judge(blocked, vu, tid, pile_tenant, now), vu, parent))
         for token, ttype, blocked, vu, tid, parent in await cur.fetchall()
     ]
+
+
+async def load_auths(conn: Conn, ocpp_ids: list[str] | None) -> list[PileAuth]:
+    """``load_auth`` for many piles in one query (all piles when ``ocpp_ids`` is None)."""
+    cur = await conn.execute(
+        "SELECT d.id, d.key, cp.ocpp_id, s.key, s.id, s.tenant_id, d.lifecycle, cp.password_hash,"
+        " cp.max_power_w FROM charge_points cp JOIN devices d ON d.id = cp.device_id"
+        " JOIN sites s ON s.id = d.site_id WHERE %(ids)s::text[] IS NULL OR cp.ocpp_id = ANY(%(ids)s)",
+        {"ids": ocpp_ids},
+    )
+    return [PileAuth(*row) for row in await cur.fetchall()]
+
+
+async def set_connector_statuses(
+    conn: Conn, rows: list[tuple[int, int, int, str, str | None, datetime]]
+) -> None:
+    """Store many connectors' statuses in one statement: (device, evse, connector, status, error, at)."""
+    if not rows:
+        return
+    cols = list(zip(*rows, strict=True))
+    await conn.execute(
+        "INSERT INTO charge_point_connectors AS c"
+        " (device_id, evse_id, connector_id, status, error_code, status_at)"
+        " SELECT * FROM unnest(%s::int[], %s::int[], %s::int[], %s::text[], %s::text[], %s::timestamptz[])"
+        " ON CONFLICT (device_id, evse_id, connector_id) DO UPDATE SET status = EXCLUDED.status,"
+        " error_code = EXCLUDED.error_code, status_at = EXCLUDED.status_at",
+        [list(c) for c in cols],
+    )
+
+
+async def note_connections(conn: Conn, rows: list[tuple[int, str, str]]) -> dict[int, str]:
+    """``note_connected`` for many piles at once: (device, version, node); returns their lifecycles."""
+    if not rows:
+        return {}
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    cur = await conn.execute(
+        "WITH n AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[]) AS n(device_id, version, node))"
+        " UPDATE charge_points cp SET ocpp_version = n.version, last_connected_at = now(), node = n.node"
+        " FROM n, devices d WHERE cp.device_id = n.device_id AND d.id = n.device_id"
+        " RETURNING cp.device_id, d.lifecycle",
+        cols,
+    )
+    return {int(dev): str(lc) for dev, lc in await cur.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    """What a BootNotification says about the pile (either version)."""
+
+    version: str
+    vendor: str | None
+    model: str | None
+    serial_number: str | None
+    firmware_version: str | None
+    reason: str | None = None
+
+
+async def decide_boots(conn: Conn, boots: dict[int, BootInfo]) -> dict[int, BootDecision]:
+    """``decide_boot`` for many piles (device id -> boot) in one transaction of a few statements."""
+    ids = sorted(boots)
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "SELECT id, lifecycle FROM devices WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
+        )
+        current = {int(i): str(lc) for i, lc in await cur.fetchall()}
+        out: dict[int, BootDecision] = {}
+        for dev in ids:
+            lifecycle = current.get(dev, "retired")
+            status, violation = decide(lifecycle)
+            if status is BootStatus.ACCEPTED and lifecycle == "accepted":
+                lifecycle = "operating"
+            out[dev] = BootDecision(status, lifecycle, violation)
+        accepted = [d for d in ids if out[d].status is BootStatus.ACCEPTED]
+        if accepted:
+            await cur.execute(
+                "UPDATE devices d SET lifecycle = CASE WHEN d.lifecycle = 'accepted' THEN 'operating'"
+                " ELSE d.lifecycle END, vendor = COALESCE(u.vendor, d.vendor),"
+                " model = COALESCE(u.model, d.model)"
+                " FROM unnest(%s::int[], %s::text[], %s::text[]) AS u(id, vendor, model) WHERE d.id = u.id",
+                (accepted, [boots[d].vendor for d in accepted], [boots[d].model for d in accepted]),
+            )
+        b = [boots[d] for d in ids]
+        await cur.execute(
+            "UPDATE charge_points cp SET ocpp_version = u.version, vendor = u.vendor, model = u.model,"
+            " serial_number = u.serial, firmware_version = u.firmware, last_boot_at = now(),"
+            " last_boot_status = u.status FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::text[]) AS u(id, version, vendor, model, serial, firmware, status)"
+            " WHERE cp.device_id = u.id",
+            (
+                ids,
+                [x.version for x in b],
+                [x.vendor for x in b],
+                [x.model for x in b],
+                [x.serial_number for x in b],
+                [x.firmware_version for x in b],
+                [out[d].status.value for d in ids],
+            ),
+        )
+        for dev in ids:
+            d, x = out[dev], boots[dev]
+            if d.violation:
+                details = {
+                    "message": "BootNotification",
+                    "answer": d.status.value,
+                    "reason": x.reason,
+                    "vendor": x.vendor,
+                    "model": x.model,
+                    "firmware": x.firmware_version,
+                }
+                await record_violation(conn, dev, d.violation, d.lifecycle, details)
+    return out

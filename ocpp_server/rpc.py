@@ -17,8 +17,9 @@ OCPP-J specifications:
 - a frame with an unknown message type id gets ``MessageTypeNotSupported`` (2.0.1) / ``ProtocolError``
   (1.6J has no such code); a frame that is not a well-formed OCPP-J array gets ``RpcFrameworkError`` (2.0.1)
   / ``ProtocolError`` (1.6J);
-- schema validation runs inline on validators compiled once (the library hops to a thread pool for
-  every message), and every message the server sends (results and calls) is validated too;
+- schema validation runs inline on validators compiled once to Python code (fastjsonschema; the library
+  hops to a thread pool and interprets the schema for every message), with jsonschema naming what failed
+  when a payload is invalid; every message the server sends (results and calls) is validated too;
 - ``call`` keeps one future per message id, so a late answer can never be taken for the next call's.
 
 Handlers are the library's ``@on``/``@after`` methods. A handler must never await ``call`` on its own
@@ -33,10 +34,11 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, is_dataclass
 from typing import Any, ClassVar
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError as SchemaError
@@ -104,35 +106,60 @@ _DECIMAL_16 = {
     (CALL, "RemoteStartTransaction"),
     (CALLRESULT, "GetCompositeSchedule"),
 }
-_validators: dict[tuple[str, int, str], Draft4Validator | None] = {}
+# Formats are not checked, as by the library's validators (jsonschema without a format checker).
+_FORMATS: dict[str, Any] = {"date-time": lambda _: True, "uri": lambda _: True}
 
 
-def _validator(version: str, message_type_id: int, action: str) -> Draft4Validator | None:
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """A schema compiled twice: to Python code (fastjsonschema) for the fast yes/no that almost every
+    message gets, and as jsonschema's Draft4Validator (the library's) to name what failed."""
+
+    fast: Callable[[Any], Any] | None
+    full: Draft4Validator
+
+
+_schemas: dict[tuple[str, int, str], _Schema | None] = {}
+
+
+def _schema(version: str, message_type_id: int, action: str) -> _Schema | None:
     key = (version, message_type_id, action)
     try:
-        return _validators[key]
+        return _schemas[key]
     except KeyError:
         pass
-    parse_float: Any = (
-        decimal.Decimal if version == "1.6" and (message_type_id, action) in _DECIMAL_16 else float
-    )
+    decimal_16 = version == "1.6" and (message_type_id, action) in _DECIMAL_16
+    parse_float: Any = decimal.Decimal if decimal_16 else float
     try:
-        found: Draft4Validator | None = get_validator(
-            message_type_id, action, version, parse_float=parse_float
-        )
+        full: Draft4Validator = get_validator(message_type_id, action, version, parse_float=parse_float)
     except (OSError, ValueError):
-        found = None
-    _validators[key] = found
+        _schemas[key] = None
+        return None
+    fast = None if decimal_16 else fastjsonschema.compile(full.schema, formats=_FORMATS)
+    _schemas[key] = found = _Schema(fast, full)
     return found
+
+
+def _valid_fast(schema: _Schema, payload: Any) -> bool:
+    if schema.fast is None:
+        return False
+    try:
+        schema.fast(payload)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def schema_check(
     version: str, codes: ErrorCodes, message_type_id: int, action: str, payload: Any
 ) -> InvalidMessage | None:
     """None when ``payload`` is valid for the action, else the CALLERROR it deserves."""
-    validator = _validator(version, message_type_id, action)
-    if validator is None:
+    schema = _schema(version, message_type_id, action)
+    if schema is None:
         return InvalidMessage("NotImplemented", f"no schema for {action}")
+    if _valid_fast(schema, payload):
+        return None
+    validator = schema.full
     if version == "1.6" and (message_type_id, action) in _DECIMAL_16:
         payload = json.loads(json.dumps(payload, default=float), parse_float=decimal.Decimal)
     if validator.is_valid(payload):
@@ -152,6 +179,26 @@ def schema_check(
     if kind in ("additionalProperties", "minProperties", "maxProperties"):
         return InvalidMessage(codes.format_violation, text)
     return InvalidMessage("PropertyConstraintViolation", text)
+
+
+_SNAKE: dict[str, str] = {}
+
+
+def snake_keys(data: Any) -> Any:
+    """The library's ``camel_to_snake_case`` with each key's conversion (two regexes) done once."""
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            snake = _SNAKE.get(key)
+            if snake is None:
+                snake = next(iter(camel_to_snake_case({key: None})))
+                if len(_SNAKE) < 10_000:  # keys are schema-checked, but bound the cache anyway
+                    _SNAKE[key] = snake
+            out[snake] = snake_keys(value) if isinstance(value, dict | list) else value
+        return out
+    if isinstance(data, list):
+        return [snake_keys(v) if isinstance(v, dict | list) else v for v in data]
+    return data
 
 
 def _dumps(message: list[Any]) -> str:
@@ -247,7 +294,7 @@ class OcppConnection(ChargePoint):
                 bad = schema_check(self._ocpp_version, self.codes, CALL, action, payload)
                 if bad is not None:
                     raise SpecError(bad.code, bad.description)
-            kwargs = camel_to_snake_case(payload)
+            kwargs = snake_keys(payload)
             result = handlers["_on_action"](**kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -276,10 +323,12 @@ class OcppConnection(ChargePoint):
             await self._send_error(uid, "InternalError", f"{action} could not be processed")
             return
         finally:
-            metrics.CALLS_RECEIVED.labels(
-                self._ocpp_version, action if action in self.known_actions else "_unknown", outcome
-            ).inc()
-            metrics.CALL_SECONDS.labels(self._ocpp_version).observe(time.perf_counter() - started)
+            metrics.call_received(
+                self._ocpp_version,
+                action if action in self.known_actions else "_unknown",
+                outcome,
+                time.perf_counter() - started,
+            )
         after = handlers.get("_after_action")
         if after is not None:
             res = after(**kwargs)

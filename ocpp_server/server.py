@@ -27,7 +27,8 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from core.topics import Channel
-from ocpp_server import metrics, registry
+from ocpp_server import metrics
+from ocpp_server.authcache import AuthCache, RegistryUnavailable
 from ocpp_server.passwords import verify_password
 from ocpp_server.pile import Context, Pile
 from ocpp_server.registry import PileAuth
@@ -49,9 +50,18 @@ class Hub:
     def __init__(self) -> None:
         self.by_id: dict[str, Pile] = {}
         self.by_key: dict[str, Pile] = {}
-        self._auth_cache: dict[tuple[str, str], bytes] = {}
+        self._auth_cache: dict[str, bytes] = {}  # stored hash -> keyed digest of its verified password
+        self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         self._cache_key = os.urandom(32)
         self.ctx: Context | None = None
+        self._auths: AuthCache | None = None
+
+    @property
+    def auths(self) -> AuthCache:
+        if self._auths is None:
+            assert self.ctx is not None
+            self._auths = AuthCache(self.ctx.pool, self.ctx.ocpp)
+        return self._auths
 
     def attach(self, pile: Pile) -> Pile | None:
         old = self.by_id.get(pile.id)
@@ -72,17 +82,24 @@ class Hub:
 
     async def _password_ok(self, auth: PileAuth, password: str) -> bool:
         assert auth.password_hash is not None
-        # A keyed digest of verified passwords (never the password itself) spares a reconnecting pile
-        # the scrypt work; a changed stored hash invalidates the entry.
+        # A keyed digest of verified passwords (never the password itself), by stored hash, spares a
+        # reconnecting pile the scrypt work; a changed stored hash is a new key. Concurrent checks of the
+        # same (hash, password) share one scrypt run.
         tag = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
-        cached = self._auth_cache.get((auth.ocpp_id, auth.password_hash))
-        if cached is not None:
-            return hmac.compare_digest(cached, tag)
-        ok = await asyncio.to_thread(verify_password, password, auth.password_hash)
+        cached = self._auth_cache.get(auth.password_hash)
+        if cached is not None and hmac.compare_digest(cached, tag):
+            return True
+        key = (auth.password_hash, tag)
+        running = self._verifying.get(key)
+        if running is None:
+            running = asyncio.ensure_future(asyncio.to_thread(verify_password, password, auth.password_hash))
+            self._verifying[key] = running
+            running.add_done_callback(lambda _: self._verifying.pop(key, None))
+        ok = await asyncio.shield(running)
         if ok:
             if len(self._auth_cache) > 100_000:
                 self._auth_cache.clear()
-            self._auth_cache[(auth.ocpp_id, auth.password_hash)] = tag
+            self._auth_cache[auth.password_hash] = tag
         return ok
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -92,22 +109,32 @@ class Hub:
         if match is None:
             return self._refuse(connection, HTTPStatus.NOT_FOUND, "not an OCPP endpoint", None, peer)
         ocpp_id = unquote(match[1])
+        user, password = _basic(request.headers.get("Authorization"))
         try:
-            async with self.ctx.pool.connection(timeout=5.0) as conn:
-                auth = await registry.load_auth(conn, ocpp_id)
-        except Exception as err:
-            log.error("registry unavailable at handshake", extra={"pile": ocpp_id, "error": str(err)})
+            auth = await self.auths.get(ocpp_id)
+            why = await self._check(auth, ocpp_id, user, password)
+            if why is not None and auth is not None and password is not None:  # a stale cached row?
+                auth = await self.auths.get(ocpp_id, fresh=True)
+                why = await self._check(auth, ocpp_id, user, password)
+        except RegistryUnavailable:
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "try again later", ocpp_id, peer)
         if auth is None:
             return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charge point", ocpp_id, peer)
-        if auth.password_hash is None:
-            if not self.ctx.ocpp.allow_no_password:
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "no password set", ocpp_id, peer)
-        else:
-            user, password = _basic(request.headers.get("Authorization"))
-            if user != ocpp_id or password is None or not await self._password_ok(auth, password):
-                return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "bad credentials", ocpp_id, peer)
+        if why is not None:
+            return self._refuse(connection, HTTPStatus.UNAUTHORIZED, why, ocpp_id, peer)
         connection.lishui_auth = auth  # type: ignore[attr-defined]
+        return None
+
+    async def _check(
+        self, auth: PileAuth | None, ocpp_id: str, user: str | None, password: str | None
+    ) -> str | None:
+        """None when the credentials fit ``auth`` (or there is no such pile), else why not."""
+        if auth is None:
+            return None
+        if auth.password_hash is None:
+            return None if self.ctx is not None and self.ctx.ocpp.allow_no_password else "no password set"
+        if user != ocpp_id or password is None or not await self._password_ok(auth, password):
+            return "bad credentials"
         return None
 
     def _refuse(
@@ -147,8 +174,8 @@ class Hub:
         cmd_topic = pile.topic(Channel.CMD)
         try:
             await pile.on_connected()
-            await self.ctx.bus.subscribe(cmd_topic)
-            await pile.start()
+            self.ctx.bus.subscribe(cmd_topic)
+            await self._serve(pile, websocket)
         except Exception:
             log.exception("pile connection failed", extra={"pile": pile.key})
         finally:
@@ -156,12 +183,27 @@ class Hub:
             await pile.cancel_tasks()
             current = self.detach(pile)
             if current:
-                await self.ctx.bus.unsubscribe(cmd_topic)
+                self.ctx.bus.unsubscribe(cmd_topic)
             pile.on_disconnected(replaced=not current)
             log.info(
                 "pile disconnected",
                 extra={"pile": pile.key, "replaced": not current, "code": websocket.close_code},
             )
+
+    @staticmethod
+    async def _serve(pile: Pile, websocket: ServerConnection) -> None:
+        """The pile's receive loop, which ends when the connection is closed even if a handler is still
+        waiting (on the database, say): a closed connection never holds up the node's shutdown."""
+        receive = asyncio.ensure_future(pile.start())
+        closed = asyncio.ensure_future(websocket.wait_closed())
+        try:
+            await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                await asyncio.wait({receive}, timeout=2.0)  # let an answer in progress finish
+        finally:
+            for task in (receive, closed):
+                task.cancel()
+            await asyncio.gather(receive, closed, return_exceptions=True)
 
 
 def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:

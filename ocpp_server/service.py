@@ -10,6 +10,7 @@ own offline status published).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from websockets.asyncio.server import serve
 from core import mqtt as core_mqtt
 from core.db import create_pool
 from core.payloads import Command, DeviceState, PayloadError, Status, decode, encode
-from core.settings import Settings
+from core.settings import DatabaseSettings, Settings
 from core.topics import SITE_TARGET, Channel, parse, service_status, shared, subscription, topic
 from ocpp_server.bus import Bus
 from ocpp_server.commands import run_command
@@ -32,6 +33,7 @@ from ocpp_server.pile import Context
 from ocpp_server.server import SUBPROTOCOLS, Hub, select_subprotocol
 from ocpp_server.settings import OcppSettings, ocpp_settings
 from ocpp_server.smart import Allocator, handle_site_command
+from ocpp_server.writes import BootDecider, ConnectionNotes, StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ def node_name(cfg: OcppSettings) -> str:
         return cfg.node
     raw = f"{socket.gethostname()}-{os.getpid()}".lower()
     return re.sub(r"[^a-z0-9_.-]", "-", raw)[:60] or "ocpp"
+
+
+def _pool_settings(settings: Settings, cfg: OcppSettings) -> DatabaseSettings:
+    return settings.db.model_copy(update={"pool_max": max(settings.db.pool_max, cfg.pool_max)})
 
 
 def _tls(cfg: OcppSettings) -> ssl.SSLContext | None:
@@ -72,12 +78,25 @@ async def run_ocpp_server(
     hub = Hub()
     tasks: set[asyncio.Task[Any]] = set()
     async with (
-        create_pool(settings.db, "ocpp") as pool,
+        create_pool(_pool_settings(settings, cfg), "ocpp") as pool,
         core_mqtt.client(settings.mqtt, f"lishui-ocpp-{root}-{node}"[:128], will=will) as client,
     ):
         bus = Bus(client)
-        ctx = Context(settings=settings, ocpp=cfg, pool=pool, bus=bus, node=node, hub=hub)
+        statuses = StatusWriter(pool)
+        ctx = Context(
+            settings=settings,
+            ocpp=cfg,
+            pool=pool,
+            bus=bus,
+            node=node,
+            hub=hub,
+            statuses=statuses,
+            connections=ConnectionNotes(pool),
+            boots=BootDecider(pool),
+        )
         hub.ctx = ctx
+        cached = await hub.auths.preload()
+        log.info("pile auth rows preloaded", extra={"piles": cached})
         allocator = Allocator(ctx)
         extra: dict[str, Any] = {"reuse_port": True} if cfg.reuse_port else {}
         try:
@@ -92,6 +111,7 @@ async def run_ocpp_server(
                 ping_timeout=cfg.ping_timeout_s,
                 ssl=_tls(cfg),
                 max_size=cfg.max_message_bytes,
+                compression="deflate" if cfg.ws_compression else None,
                 server_header="lishui-ocpp",
                 **extra,
             ) as server:
@@ -105,8 +125,13 @@ async def run_ocpp_server(
                 )
                 if on_listening is not None:
                     on_listening(bound)
+                # What start-up built lives as long as the node: out of the cyclic collector's passes.
+                gc.collect()
+                gc.freeze()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(bus.run(), name="ocpp-publisher")
+                    tg.create_task(statuses.run(), name="ocpp-status-writer")
+                    tg.create_task(ctx.connections.run(), name="ocpp-connection-notes")
                     tg.create_task(allocator.listen(), name="ocpp-allocation-listen")
                     tg.create_task(allocator.run(), name="ocpp-allocation")
                     tg.create_task(_commands(ctx, client, tasks), name="ocpp-commands")
@@ -114,6 +139,10 @@ async def run_ocpp_server(
             for task in list(tasks):
                 task.cancel()
             await bus.drain()
+            try:
+                await statuses.flush()
+            except Exception as err:
+                log.warning("connector statuses lost at shutdown", extra={"error": str(err)})
             try:
                 await client.publish(
                     node_topic,

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ async def running_server(settings: Settings, ocpp: OcppSettings) -> AsyncIterato
         yield bound.result()
     finally:
         task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:  # a shutdown that hangs: show where, rather than hang the test run
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=8, file=sys.stderr)
+            raise AssertionError("OCPP server did not stop within 30 s of its cancellation")
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -115,8 +115,9 @@ async def serve_fleet(
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     clock = clock or SimClock(scenario.time_factor, scenario.start)
+    modbus = scenario.modbus_part()  # charge points are OCPP piles: simulators.ocpp runs them
     async with serve_devices(
-        scenario.devices, sites=scenario.sites, host=host, base_port=base_port, clock=clock, scenario=scenario
+        modbus.devices, sites=scenario.sites, host=host, base_port=base_port, clock=clock, scenario=modbus
     ) as fleet:
         yield fleet
 

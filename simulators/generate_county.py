@@ -327,6 +327,8 @@ def county() -> dict[str, Any]:
             ),
         ]
 
+    _public_charging(tenants, sites, devices, rng)
+
     return {
         "name": "county",
         "description": (
@@ -341,6 +343,51 @@ def county() -> dict[str, Any]:
         "sites": sites,
         "devices": devices,
     }
+
+
+def _public_charging(
+    tenants: list[dict[str, Any]],
+    sites: list[dict[str, Any]],
+    devices: list[dict[str, Any]],
+    rng: random.Random,
+) -> None:
+    """Public charging in every town (the county's aim): a station per town run by the county's charging
+    operator, OCPP piles simulated by simulators.ocpp (``sim`` is the pile's PileSpec). Big towns get two
+    120 kW DC and three 7 kW AC piles, the others one 60 kW DC and two 7 kW AC piles."""
+    tenants.append({"key": "lixian-charging", "name": "澧县城乡充电运营有限公司", "kind": "operator"})
+    for town, (name, *_rest, substation) in TOWNS.items():
+        site = f"{town}-charging"
+        sites.append(
+            _site(
+                site,
+                f"{name}公共充电站",
+                "lixian-charging",
+                town,
+                "charging",
+                5,
+                f"{substation} 10kV公用线",
+                rng,
+            )
+        )
+        big = town in BIG_TOWNS
+        tokens = [f"LX-{town[:8].upper()}-{n:03d}" for n in range(1, 7)]
+        piles = [("dc", i) for i in range(1, 3 if big else 2)] + [
+            ("ac", i) for i in range(1, 4 if big else 3)
+        ]
+        for kind, i in piles:
+            key = f"{town}-cp-{kind}-{i}"
+            fast = kind == "dc"
+            watts = (120_000 if big else 60_000) if fast else 7_000
+            sim: dict[str, Any] = {
+                "version": "2.0.1" if (fast or i % 2 == 0) else "1.6",
+                "connectors": 2 if fast else 1,
+                "fast": fast,
+                "arrivals_per_day": 16 if fast else 4,
+                "password": f"{key}-{rng.getrandbits(48):012x}",
+                "id_tokens": tokens,
+            }
+            model = f"SC-{'DC' if fast else 'AC'}-{watts // 1000}K"
+            devices.append(_device(key, site, "charge_point", "ocpp", "SimCharge", model, watts, sim))
 
 
 class _Flow(dict[str, Any]):

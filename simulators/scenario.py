@@ -14,8 +14,10 @@ import yaml
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.towns import TOWN_KEYS
+from simulators.ocpp.spec import PileSpec
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
 
 def _known_town(key: str) -> str:
     if key not in TOWN_KEYS:
@@ -35,6 +37,8 @@ PROFILE_OF_KIND: dict[str, str] = {
 }
 MODBUS_KINDS = frozenset(PROFILE_OF_KIND)
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
+# Charge points are OCPP piles: ``sim`` is their simulator's PileSpec (version, connectors, fast,
+# max_power_w, arrivals_per_day, password, ...), checked at load time like the other kinds' physics.
 
 
 class _Strict(BaseModel):
@@ -158,9 +162,27 @@ class Device(_Strict):
         return self
 
     def sim_params(self) -> Any:
-        """``sim`` parsed into the kind's parameter model (PvSim, BatterySim, ...)."""
+        """``sim`` parsed into the kind's parameter model (PvSim, BatterySim, ..., and for a charge point
+        the simulated pile's ``PileSpec``: its id is the device key, its maximum the rated power)."""
+        if self.kind == "charge_point":
+            return self.pile_spec()
         sim_model = SIM_MODEL_OF_KIND.get(self.kind)
         return sim_model.model_validate(self.sim) if sim_model is not None else None
+
+    def pile_spec(self) -> PileSpec:
+        if self.kind != "charge_point":
+            raise ValueError(f"device {self.key} is not a charge point")
+        fields: dict[str, Any] = {"id": self.key, "site": self.site, "max_power_w": self.rated_power_w}
+        if self.vendor:
+            fields["vendor"] = self.vendor
+        if self.model:
+            fields["model"] = self.model
+        spec = PileSpec.model_validate({**fields, **self.sim})
+        if spec.id != self.key or spec.site != self.site:
+            raise ValueError(f"device {self.key}: a pile's id and site are the device's key and site")
+        if spec.password is None:
+            raise ValueError(f"device {self.key}: a charge point needs sim.password (HTTP Basic auth)")
+        return spec
 
 
 class Scenario(_Strict):
@@ -201,6 +223,18 @@ class Scenario(_Strict):
     @property
     def modbus_devices(self) -> list[Device]:
         return [d for d in self.devices if d.kind in MODBUS_KINDS]
+
+    @property
+    def charge_points(self) -> list[Device]:
+        return [d for d in self.devices if d.kind == "charge_point"]
+
+    def modbus_part(self) -> Scenario:
+        """The scenario with its Modbus devices only (what a Modbus fleet serves)."""
+        return self.model_copy(update={"devices": self.modbus_devices})
+
+    def pile_specs(self) -> list[PileSpec]:
+        """The simulated piles of the scenario's charge points."""
+        return [d.pile_spec() for d in self.charge_points]
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:

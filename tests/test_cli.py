@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -52,6 +53,7 @@ def _wait_for(path: Path, within_s: float) -> None:
 
 def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, tmp_path: Path) -> None:
     env = _env(settings, tmp_path)
+    started = datetime.now(UTC)
     subprocess.run([*LISHUI, "db", "seed", "default"], env=env, check=True, timeout=60, capture_output=True)
     gw_file = tmp_path / "gw.yaml"
     base_port = random.randint(31000, 39000)

@@ -35,7 +35,12 @@ def ingest_settings(settings: Settings) -> Settings:
     # A share group per test: Mosquitto keeps queueing a stopped member's share of the messages for its
     # persistent session, so a group must never outlive the test that stopped its members.
     fast = settings.ingest.model_copy(
-        update={"batch_max_delay_s": 0.05, "rollup_interval_s": 0.3, "share_group": _key("g")}
+        update={
+            "batch_max_delay_s": 0.05,
+            "rollup_interval_s": 0.3,
+            "rollup_grace_s": 0.5,
+            "share_group": _key("g"),
+        }
     )
     return settings.model_copy(update={"ingest": fast})
 

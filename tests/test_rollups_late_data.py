@@ -3,6 +3,7 @@ buckets dirty, refresh_rollups recomputes them)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import uuid
@@ -91,5 +92,58 @@ async def test_rollups_match_raw_after_late_out_of_order_writes(
                     if part:
                         await _write(writer, site, device, part)
                 await _check(conn, device_id)
+    finally:
+        await writer.close()
+
+
+async def _refresh(conn: psycopg.AsyncConnection[Any], grace: timedelta) -> int:
+    cur = await conn.execute("SELECT refresh_rollups(1000, %s)", (grace,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _markers(conn: psycopg.AsyncConnection[Any], device_id: int) -> int:
+    cur = await conn.execute("SELECT count(*) FROM rollup_dirty_1m WHERE device_id = %s", (device_id,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_refresh_grace_defers_busy_and_open_buckets_and_skips_locked_markers(db_dsn: str) -> None:
+    site, device = f"grace-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    resolver = DeviceResolver()
+    writer = TelemetryWriter(db_dsn, resolver)
+    now = datetime.now(UTC)
+    try:
+        # An old (closed) minute just written, and the open minute.
+        await _write(writer, site, device, [(0, 1, 1.0), (30, 1, 2.0)])
+        batch = Batch()
+        batch.add_readings((site, device), [(now, 1, 3.0)])
+        await writer.write(batch)
+        device_id = resolver.cached(site, device)
+        assert device_id is not None
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            assert await _markers(conn, device_id) == 2
+            # Dirtied less than a grace ago: both wait (the old minute may still be being written).
+            await _refresh(conn, timedelta(minutes=5))
+            assert await _markers(conn, device_id) == 2
+            # Quiet for the grace: the closed minute is refreshed, the open one is not.
+            await asyncio.sleep(0.3)
+            await _refresh(conn, timedelta(seconds=0.2))
+            if now.second < 59:  # (unless that minute closed meanwhile)
+                assert await _markers(conn, device_id) == 1
+            # A marker held by an uncommitted writer is skipped (not claimed without its rows), and
+            # refreshed once the writer commits.
+            await _write(writer, site, device, [(40, 1, 5.0)])
+            async with await psycopg.AsyncConnection.connect(db_dsn) as held:
+                late = T0 + timedelta(seconds=45)
+                await held.execute("INSERT INTO telemetry VALUES (%s, %s, 1, 7.0)", (late, device_id))
+                await held.execute(
+                    "SELECT mark_rollups_dirty(ARRAY[%s]::timestamptz[], ARRAY[%s])", (late, device_id)
+                )
+                await _refresh(conn, timedelta(0))
+                assert await _markers(conn, device_id) == 1
+                await held.commit()
+            await _check(conn, device_id)
+            assert await _markers(conn, device_id) == 0
     finally:
         await writer.close()

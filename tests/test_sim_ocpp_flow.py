@@ -193,8 +193,8 @@ async def csms() -> AsyncIterator[Csms]:
         handler,
         "127.0.0.1",
         0,
-        subprotocols=["ocpp1.6", "ocpp2.0.1"],
-        process_request=check_auth,  # type: ignore[list-item]
+        subprotocols=["ocpp1.6", "ocpp2.0.1"],  # type: ignore[list-item]
+        process_request=check_auth,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         state.url = f"ws://127.0.0.1:{port}/ocpp"
@@ -202,7 +202,7 @@ async def csms() -> AsyncIterator[Csms]:
 
 
 def spec(pid: str, version: str, **kw: Any) -> PileSpec:
-    return PileSpec(id=pid, version=version, password=PASSWORD, **kw)  # type: ignore[arg-type]
+    return PileSpec(id=pid, version=version, password=PASSWORD, **kw)
 
 
 def ev(token: str = "TAG001", soc: float = 40.0, target: float = 90.0) -> Ev:
@@ -454,14 +454,14 @@ async def test_server_commands(csms: Csms, version: str) -> None:
             )
             assert r.status == "Accepted"
             await pile.wait_for(lambda: pile.session(2) is not None, 5)
-            tx = pile.session(2).tx_id  # type: ignore[union-attr]
+            tx2 = pile.session(2).tx_id  # type: ignore[union-attr]
             await pile.wait_for(lambda: not pile.txq, 5)
             started = csms.payloads(pid, "TransactionEvent")[0]
             assert (
                 started["trigger_reason"] == "RemoteStart"
                 and started["transaction_info"]["remote_start_id"] == 42
             )
-            assert (await cp.call(call201.RequestStopTransaction(transaction_id=tx))).status == "Accepted"
+            assert (await cp.call(call201.RequestStopTransaction(transaction_id=tx2))).status == "Accepted"
             gv = await cp.call(
                 call201.GetVariables(
                     get_variable_data=[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from simulators.ocpp.profiles import parse_profile
 T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 
 
-def prof(pid: int, purpose: Purpose, limit: float, level: int = 0, unit: str = "W", **kw: object) -> Profile:
+def prof(pid: int, purpose: Purpose, limit: float, level: int = 0, unit: str = "W", **kw: Any) -> Profile:
     return Profile(
         id=pid,
         stack_level=level,
@@ -26,7 +27,7 @@ def prof(pid: int, purpose: Purpose, limit: float, level: int = 0, unit: str = "
         periods=(Period(0, limit),),
         start_schedule=kw.pop("start", T0),
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_no_profile_no_limit() -> None:

@@ -25,7 +25,9 @@ def test_town_keys_match_the_migration() -> None:
 def test_default_scenario() -> None:
     s = load_scenario("default")
     kinds = Counter(d.kind for d in s.devices)
-    assert 7 <= len(s.devices) <= 8
+    assert 7 <= len(s.modbus_devices) <= 8
+    assert 1 <= kinds["charge_point"] <= 4
+    assert {p.version for p in s.pile_specs()} == {"1.6", "2.0.1"}
     assert kinds["pv_inverter"] >= 1 and kinds["battery"] == 1 and kinds["meter"] == 1
     assert kinds["load"] == 3 and kinds["hydro"] == 1
     assert s.site("xdk-park").town == "xiaodukou"
@@ -49,6 +51,10 @@ def test_county_scenario() -> None:
     assert {"county-hospital", "water-works-1"} <= tier0
     # Protected sites carry no curtailable load.
     assert not [d for d in s.devices if d.kind == "load" and s.site(d.site).tier == 0]
+    # Public charging in every town, both OCPP versions, fast and slow.
+    piles = s.pile_specs()
+    assert {s.site(p.site).town for p in piles if p.site} == set(TOWN_KEYS)
+    assert {p.version for p in piles} == {"1.6", "2.0.1"} and {p.fast for p in piles} == {True, False}
     for key in [t.key for t in s.tenants] + [x.key for x in s.sites] + [d.key for d in s.devices]:
         assert SLUG.match(key), key
 

@@ -114,18 +114,22 @@ async def run_piles(
     clock: SimClock | None = None,
     connect_rate: float = CONNECT_RATE,
     stats: FleetStats | None = None,
+    server_real_time: bool = False,
 ) -> AsyncIterator[PileFleet]:
     """Start every pile (connect, boot, run) and stop them all when the block ends.
 
     ``server_url`` is the central system's base, e.g. ``ws://127.0.0.1:9000/ocpp``; each pile connects
-    to ``{server_url}/{id}``. The block is entered once all piles are started, not yet accepted
-    (``await fleet.wait_accepted()``).
+    to ``{server_url}/{id}``. ``server_real_time``: the central system keeps real time (Lishui's does),
+    so the absolute times of its charging profiles are mapped onto ``clock``. The block is entered once
+    all piles are started, not yet accepted (``await fleet.wait_accepted()``).
     """
     clock = clock or SimClock()
     specs = list(specs)
     raise_fd_limit(len(specs) * 2 + 1024)
     stats = stats or FleetStats()
     piles = {s.id: make_pile(s, server_url, clock, stats) for s in specs}
+    for p in piles.values():
+        p.server_real_time = server_real_time
     if len(piles) != len(specs):
         raise ValueError("duplicate pile ids")
     fleet = PileFleet(clock, piles, stats)

@@ -15,8 +15,8 @@ import logging
 import random
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from simulators.clock import SimClock
 from simulators.ocpp.physics import MAX_SUBSTEP_S, Ev, charging_power_w, next_arrival, random_ev
-from simulators.ocpp.profiles import Electrical, ProfileStack
+from simulators.ocpp.profiles import Electrical, Profile, ProfileStack
 from simulators.ocpp.spec import PileSpec
 from simulators.physics.randomness import stable_seed
 
@@ -153,6 +153,10 @@ class Pile:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._stopped = False
         self._next_local_id = 1
+        # The central system keeps real time (a real one does): its absolute times and durations in
+        # charging profiles are mapped onto the simulated clock, so a limit valid for 20 real seconds
+        # lasts 20 real seconds whatever the time factor. False: the central system shares our clock.
+        self.server_real_time = False
 
     # -- to implement per version -----------------------------------------------------------------
 
@@ -252,6 +256,25 @@ class Pile:
     @property
     def meter_interval_s(self) -> float:
         return float(self.config.values["MeterValueSampleInterval"])
+
+    def from_server(self, prof: Profile) -> Profile:
+        """A profile as sent by the central system, in the simulated clock's terms."""
+        f = self.clock.factor
+        if not self.server_real_time or f in (0.0, 1.0):
+            return prof
+        now_real, now_sim = datetime.now(UTC), self.clock.now()
+
+        def sim(t: datetime | None) -> datetime | None:
+            return None if t is None else now_sim + (t - now_real) * f
+
+        return replace(
+            prof,
+            start_schedule=sim(prof.start_schedule),
+            valid_from=sim(prof.valid_from),
+            valid_to=sim(prof.valid_to),
+            duration_s=None if prof.duration_s is None else prof.duration_s * f,
+            periods=tuple(replace(p, start_s=p.start_s * f) for p in prof.periods),
+        )
 
     # -- life -------------------------------------------------------------------------------------
 

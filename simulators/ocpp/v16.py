@@ -252,8 +252,10 @@ class Pile16(Pile):
         return cp
 
     def parse(self, raw: dict[str, Any], tx_id: str | None = None) -> Any:
-        return parse_profile(
-            raw, schedule=raw["charging_schedule"], installed_at=self.clock.now(), transaction_id=tx_id
+        return self.from_server(
+            parse_profile(
+                raw, schedule=raw["charging_schedule"], installed_at=self.clock.now(), transaction_id=tx_id
+            )
         )
 
     def set_profile(self, connector_id: int, raw: dict[str, Any]) -> str:

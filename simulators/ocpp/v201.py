@@ -352,7 +352,7 @@ class Pile201(Pile):
 
     def parse(self, raw: dict[str, Any]) -> Profile:
         schedules = raw.get("charging_schedule") or [{}]
-        return parse_profile(raw, schedule=schedules[0], installed_at=self.clock.now())
+        return self.from_server(parse_profile(raw, schedule=schedules[0], installed_at=self.clock.now()))
 
     def set_profile(self, evse_id: int, raw: dict[str, Any]) -> str:
         if not 0 <= evse_id <= len(self.connectors):

@@ -1,0 +1,172 @@
+"""The demand-response API over ASGI on the test database: events (4xx for bad input, 409 for the
+lifecycle), the audit, the report from the controller's tables, and the capacity register from the
+registry and live telemetry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from api.app import create_app
+from core import registry
+from core.settings import Settings
+
+START = datetime(2031, 3, 5, 1, 0, tzinfo=UTC)  # far from any other test's events
+
+
+def body(**kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": "peak_shaving",
+        "target_kw": 5000,
+        "starts_at": START.isoformat(),
+        "ends_at": (START + timedelta(hours=1)).isoformat(),
+        "notice": "day_ahead",
+    }
+    out.update(kw)
+    return out
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+            yield c
+
+
+async def test_create_amend_cancel_with_audit(client: httpx.AsyncClient) -> None:
+    created = await client.post("/api/v1/dr/events", json=body())
+    assert created.status_code == 201, created.text
+    event = created.json()
+    assert event["state"] == "scheduled" and event["version"] == 1
+    amended = await client.put(
+        f"/api/v1/dr/events/{event['id']}", params={"version": 1}, json=body(target_kw=7000)
+    )
+    assert amended.status_code == 200, amended.text
+    assert amended.json()["target_kw"] == 7000 and amended.json()["version"] == 2
+    stale = await client.put(f"/api/v1/dr/events/{event['id']}", params={"version": 1}, json=body())
+    assert stale.status_code == 409
+    cancelled = await client.post(f"/api/v1/dr/events/{event['id']}/cancel", json={"reason": "grid ok"})
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    again = await client.post(f"/api/v1/dr/events/{event['id']}/cancel", json={"reason": "twice"})
+    assert again.status_code == 409
+    late_amend = await client.put(f"/api/v1/dr/events/{event['id']}", json=body())
+    assert late_amend.status_code == 409
+    detail = (await client.get(f"/api/v1/dr/events/{event['id']}")).json()
+    assert [a["action"] for a in detail["audit"]] == ["created", "amended", "cancelled"]
+    assert {a["actor"] for a in detail["audit"]} == {"api"}
+    assert detail["runtime"] is None
+
+
+async def test_bad_input_is_4xx(client: httpx.AsyncClient) -> None:
+    off_grid = body(starts_at=(START + timedelta(minutes=7)).isoformat())
+    assert (await client.post("/api/v1/dr/events", json=off_grid)).status_code == 422
+    assert (await client.post("/api/v1/dr/events", json=body(cap_kw=1000))).status_code == 422
+    unknown_town = body(scope="town", town_id=999)
+    assert (await client.post("/api/v1/dr/events", json=unknown_town)).status_code == 422
+    unknown_site = body(scope="sites", site_ids=[987654])
+    assert (await client.post("/api/v1/dr/events", json=unknown_site)).status_code == 422
+    unknown_feeder = body(scope="feeder", feeder="no-such-feeder")
+    assert (await client.post("/api/v1/dr/events", json=unknown_feeder)).status_code == 422
+    assert (await client.get("/api/v1/dr/events/2147483647")).status_code == 404
+    assert (await client.get("/api/v1/dr/events/0")).status_code == 422
+    assert (await client.post("/api/v1/dr/events/1/cancel", json={})).status_code == 422
+
+
+async def test_report_from_controller_tables(client: httpx.AsyncClient, db_dsn: str) -> None:
+    created = (
+        await client.post(
+            "/api/v1/dr/events",
+            json=body(
+                starts_at=(START + timedelta(days=1)).isoformat(),
+                ends_at=(START + timedelta(days=1, minutes=30)).isoformat(),
+            ),
+        )
+    ).json()
+    event_id, t0 = created["id"], START + timedelta(days=1)
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO dr_event_runtime (event_id, baseline_used, controller, activated_at)"
+            " VALUES (%s, 'meter_before', 'test', %s)",
+            (event_id, t0),
+        )
+        await conn.execute(
+            "INSERT INTO dr_references (event_id, resource_id, kind, produces, reference_kw)"
+            " VALUES (%s, 'load-a', 'flexible_load', false, 1000), (%s, 'hydro-a', 'hydro', true, 200)",
+            (event_id, event_id),
+        )
+        for minute, (load_kw, hydro_kw) in enumerate([(800, 400), (700, 500), (650, 550)] * 2):
+            ts = t0 + timedelta(minutes=5 * minute)
+            await conn.execute(
+                "INSERT INTO dr_measurements (event_id, ts, cycle, target_kw, delivered_kw, allocated_kw,"
+                " controller) VALUES (%s, %s, %s, 5000, %s, 5000, 'test')",
+                (event_id, ts, minute, (1000 - load_kw) + (hydro_kw - 200)),
+            )
+            await conn.execute(
+                "INSERT INTO dr_resource_measurements VALUES (%s, %s, 'load-a', %s, 300),"
+                " (%s, %s, 'hydro-a', %s, 300)",
+                (event_id, ts, load_kw, event_id, ts, hydro_kw),
+            )
+    report = (await client.get(f"/api/v1/dr/events/{event_id}/report")).json()
+    assert [i["cycles"] for i in report["intervals"]] == [3, 3]
+    assert report["intervals"][0]["delivered_kw"] == pytest.approx((400 + 600 + 700) / 3)
+    by_id = {r["resource_id"]: r for r in report["resources"]}
+    assert by_id["load-a"]["delivered_kwh"] == pytest.approx(2 * (200 + 300 + 350) / 3 * 0.25)
+    assert by_id["hydro-a"]["committed_kwh"] == pytest.approx(300 * 0.5)
+
+
+async def test_capacity_register_counts_live_resources_per_town(
+    client: httpx.AsyncClient, db_dsn: str
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    before = (
+        (await client.get("/api/v1/dr/capacity")).json()["towns"].get("lidan", {}).get("flexible_load", 0)
+    )
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+        await registry.upsert_site(conn, f"cap-park-{tag}", "cap park", town_key="lidan", tier=3)
+        await registry.upsert_site(conn, f"cap-hosp-{tag}", "cap hospital", town_key="lidan", tier=0)
+        load = await registry.upsert_device(
+            conn,
+            f"cap-load-{tag}",
+            f"cap-park-{tag}",
+            "load",
+            profile="lixian-flexload-v1",
+            rated_power_w=1_000_000,
+            attributes={"floor_w": 300_000, "max_curtailable_w": 400_000},
+        )
+        protected = await registry.upsert_device(
+            conn,
+            f"cap-hload-{tag}",
+            f"cap-hosp-{tag}",
+            "load",
+            profile="lixian-flexload-v1",
+            rated_power_w=1_000_000,
+        )
+        stale = await registry.upsert_device(
+            conn,
+            f"cap-stale-{tag}",
+            f"cap-park-{tag}",
+            "load",
+            profile="lixian-flexload-v1",
+            rated_power_w=1_000_000,
+        )
+        now = datetime.now(UTC)
+        await conn.execute(
+            "INSERT INTO telemetry (ts, device_id, metric_id, value) VALUES"
+            " (%s, %s, 1, 900000), (%s, %s, 1, 900000), (%s, %s, 1, 900000)",
+            (now, load, now, protected, now - timedelta(hours=2), stale),
+        )
+    reg = (await client.get("/api/v1/dr/capacity")).json()
+    assert reg["aim_kw"] == 18_000
+    # Only the live, unprotected load counts: min(900 - 300 floor, 400 curtailable) kW.
+    assert reg["towns"]["lidan"]["flexible_load"] - before == pytest.approx(400, abs=1)
+    assert reg["excluded"][f"cap-hload-{tag}"].startswith("tier 0")
+    assert reg["excluded"][f"cap-stale-{tag}"] == "stale"
+    assert reg["total_kw"] >= 400
