@@ -78,6 +78,8 @@ def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, 
                 cur = conn.execute(
                     "SELECT count(DISTINCT d.key) FROM telemetry t JOIN devices d ON d.id = t.device_id"
                     " JOIN sites s ON s.id = d.site_id WHERE s.key IN ('xdk-park', 'wjc-hydro')"
+                    " AND d.kind <> 'charge_point' AND t.ts > %s",
+                    (started,),
                 )
                 row = cur.fetchone()
                 if row and row[0] == 8:
