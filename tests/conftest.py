@@ -36,6 +36,7 @@ def db_dsn() -> Iterator[str]:
     yield dsn
     with psycopg.connect(db.with_database(SERVER_DSN, "postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}_e2e" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

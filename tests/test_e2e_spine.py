@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from core import payloads, topics
+from core import db, payloads, topics
 from core.settings import Settings
 from gateway.service import run_gateway
 from ingest.service import run_ingest
@@ -51,6 +51,14 @@ class Spine:
 
 @pytest.fixture(scope="module")
 async def spine(settings: Settings) -> AsyncIterator[Spine]:
+    # A database and topic root of this module's own: other tests register the same scenario keys
+    # (some under other sites, in the county scenario) and poll them concurrently.
+    own = f"{settings.db.dsn}_e2e"
+    await db.ensure_database(own)
+    await db.migrate(own)
+    settings = settings.model_copy(
+        update={"db": settings.db.model_copy(update={"dsn": own}), "topic_root": f"{settings.topic_root}-e2e"}
+    )
     scenario = load_scenario("default")
     await seed_registry(settings, scenario)
     base_port = random.randint(21000, 29000)
@@ -93,7 +101,8 @@ async def _eventually(check, within: float = 30.0, interval: float = 0.5):  # ty
         await asyncio.sleep(interval)
 
 
-async def test_every_device_reports_scaled_values_with_correct_timestamps(spine: Spine, db_dsn: str) -> None:
+async def test_every_device_reports_scaled_values_with_correct_timestamps(spine: Spine) -> None:
+    db_dsn = spine.settings.db.dsn
     expected = {
         key: {m: dev.value(m) for m in TOLERANCE if _has(dev, m)} for key, dev in spine.fleet.devices.items()
     }
@@ -194,7 +203,8 @@ async def test_out_of_range_command_is_rejected_and_nothing_written(spine: Spine
     assert sim.value("active_power_limit_pct") == limit_before
 
 
-async def test_dead_simulator_goes_offline_while_others_keep_flowing(spine: Spine, db_dsn: str) -> None:
+async def test_dead_simulator_goes_offline_while_others_keep_flowing(spine: Spine) -> None:
+    db_dsn = spine.settings.db.dsn
     scenario = spine.fleet.scenario
     assert scenario is not None
     victim = next(d for d in scenario.devices if d.kind == "hydro")
@@ -233,7 +243,8 @@ async def test_dead_simulator_goes_offline_while_others_keep_flowing(spine: Spin
         spine.fleet.device(victim.key).resume()
 
 
-async def test_garbage_on_a_telemetry_topic_does_not_stop_ingest(spine: Spine, db_dsn: str) -> None:
+async def test_garbage_on_a_telemetry_topic_does_not_stop_ingest(spine: Spine) -> None:
+    db_dsn = spine.settings.db.dsn
     site, key = _pv(spine)
     topic = topics.topic(site, key, topics.Channel.TELEMETRY, spine.settings.topic_root)
     async with _mqtt(spine.settings) as client:
