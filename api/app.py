@@ -16,6 +16,7 @@ from api.observability import instrument
 from api.routes import router
 from api.routes_charging import router as charging_router
 from api.routes_dr import router as dr_router
+from api.routes_forecast import router as forecast_router
 from core.db import create_pool
 from core.settings import Settings, get_settings
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(charging_router)
     app.include_router(dr_router)
+    app.include_router(forecast_router)
     instrument(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
