@@ -1,5 +1,5 @@
 """Demand response under /api/v1/dr: events (create, amend, cancel, read with audit), the 15-minute
-report with per-resource settlement, and the capacity register.
+report with per-resource settlement, the capacity register, and the back-test of the program baselines.
 
 Bad input is a 4xx, never a 500: the body is an ``EventSpec`` (422 for a window off the 15-minute
 grid, two amounts, a scope without its selector), a scope naming no town, feeder or site is a 422, and
@@ -8,7 +8,8 @@ a change the lifecycle forbids (amending an active event, cancelling a completed
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
 import psycopg
@@ -17,8 +18,12 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.deps import ConnDep
+from dr_controller.baselines import CHINA, PROGRAM_BASELINES, SLOT_MIN, SLOTS_PER_DAY
 from dr_controller.events import EventSpec, EventState
+from dr_controller.fleet import ScopeFilter, load_devices
+from dr_controller.program_baseline import backtest_history
 from dr_controller.report import capacity_register, event_report
+from dr_controller.resources import ResourceKind
 
 router = APIRouter(prefix="/api/v1/dr", tags=["demand response"])
 
@@ -290,4 +295,114 @@ async def capacity(conn: ConnDep, max_age_s: Annotated[float, Query(gt=0, le=360
         resources=reg.resources,
         towns=reg.towns,
         excluded=reg.excluded,
+    )
+
+
+class BacktestMethodOut(BaseModel):
+    method: str
+    mape_pct: float | None = Field(description="Mean absolute percentage error over all tested intervals")
+    cv_rmse_pct: float | None = Field(description="RMSE over the mean actual load")
+    days_tested: int
+    per_day_mape_pct: dict[date, float | None]
+    skipped: dict[date, str] = Field(description="days the method could not be computed for, and why")
+
+
+class BacktestOut(BaseModel):
+    scope: str
+    devices: list[str]
+    start: time
+    intervals: int
+    days: list[date] = Field(description="the non-event working days tested (local dates)")
+    methods: list[BacktestMethodOut]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+async def _backtest_devices(
+    conn: psycopg.AsyncConnection[Any], site: str | None, device: str | None
+) -> tuple[str, dict[int, str]]:
+    """The scope's devices (id -> key): one device, or a site's flexible loads (what the controller
+    baselines)."""
+    if (site is None) == (device is None):
+        raise HTTPException(422, "give exactly one of site, device")
+    if device is not None:
+        cur = await conn.execute("SELECT id, key FROM devices WHERE key = %s", (device,))
+        row = await cur.fetchone()
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device!r} not found")
+        return f"device:{device}", {int(row[0]): str(row[1])}
+    cur = await conn.execute("SELECT id FROM sites WHERE key = %s", (site,))
+    row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"site {site!r} not found")
+    loads = [
+        d
+        for d in await load_devices(conn, ScopeFilter(site_ids=(int(row[0]),)))
+        if d.resource_kind is ResourceKind.FLEXIBLE_LOAD
+    ]
+    if not loads:
+        raise HTTPException(422, f"site {site!r} has no operating flexible loads to baseline")
+    return f"site:{site}", {d.id: d.key for d in loads}
+
+
+@router.get("/baselines/backtest", response_model=BacktestOut)
+async def backtest_baselines(
+    conn: ConnDep,
+    method: Annotated[
+        list[str] | None,
+        Query(description=f"program baselines (default all): {', '.join(PROGRAM_BASELINES)}"),
+    ] = None,
+    site: Annotated[str | None, Query(description="a site key: its flexible loads together")] = None,
+    device: Annotated[str | None, Query(description="a device key")] = None,
+    days: Annotated[int, Query(ge=1, le=60, description="how many non-event working days to test")] = 10,
+    until: Annotated[date | None, Query(description="test the days before this one (default: today)")] = None,
+    start: Annotated[time, Query(description="the pretended event's local start, on the 15-min grid")] = time(
+        17, 0
+    ),
+    intervals: Annotated[
+        int, Query(ge=1, le=SLOTS_PER_DAY, description="its length in 15-min intervals")
+    ] = 4,
+) -> BacktestOut:
+    """Each program baseline back-tested on recent days without an event: what it would have predicted
+    for the window against what the scope really drew (from the 15-minute rollup)."""
+    unknown = sorted(set(method or ()) - set(PROGRAM_BASELINES))
+    if unknown:
+        raise HTTPException(422, f"unknown baseline(s) {unknown}; known: {sorted(PROGRAM_BASELINES)}")
+    if start.second or start.microsecond or start.minute % SLOT_MIN:
+        raise HTTPException(422, f"start must be on the {SLOT_MIN}-minute grid")
+    start_slot = (start.hour * 60 + start.minute) // SLOT_MIN
+    if start_slot + intervals > SLOTS_PER_DAY:
+        raise HTTPException(422, "the window must end by midnight")
+    scope, devices = await _backtest_devices(conn, site, device)
+    until = until or datetime.now(CHINA).date()
+    if until > datetime.now(CHINA).date() + timedelta(days=1):
+        raise HTTPException(422, "until is in the future")
+    result = await backtest_history(
+        conn,
+        list(devices),
+        list(dict.fromkeys(method or ())),
+        days,
+        until,
+        start_slot,
+        start_slot + intervals,
+    )
+    return BacktestOut(
+        scope=scope,
+        devices=sorted(devices.values()),
+        start=start,
+        intervals=intervals,
+        days=list(result.days),
+        methods=[
+            BacktestMethodOut(
+                method=name,
+                mape_pct=_finite(report.mape_pct),
+                cv_rmse_pct=_finite(report.cv_rmse_pct),
+                days_tested=len(report.days),
+                per_day_mape_pct={d: _finite(v) for d, v in report.per_day_mape_pct.items()},
+                skipped=report.skipped,
+            )
+            for name, report in result.reports.items()
+        ],
     )

@@ -31,14 +31,7 @@ from core.payloads import CommandResult, CommandStatus, utcnow
 from core.settings import Settings
 from dr_controller import metrics, store
 from dr_controller.allocation import FlexibilityTable, Target, allocate
-from dr_controller.baselines import (
-    SLOT_MIN,
-    EventWindow,
-    InsufficientHistory,
-    baseline_spec,
-    compute_baseline,
-    load_profiles,
-)
+from dr_controller.baselines import SLOT_MIN, baseline_spec
 from dr_controller.bus import CommandBus
 from dr_controller.events import EventSpec, EventState
 from dr_controller.fleet import (
@@ -52,6 +45,7 @@ from dr_controller.fleet import (
     restore_command,
 )
 from dr_controller.measure import Measurement, measure
+from dr_controller.program_baseline import METER_BEFORE, program_baseline
 from dr_controller.resources import DeviceCommand, Direction, FlexibleLoad, ResourceKind, Window
 
 __all__ = ["Clock", "Controller", "LoopTuning", "WallClock"]
@@ -209,9 +203,10 @@ class Controller:
                 produces,
                 ref if ref is not None else snap.measured_kw(rid),
             )
-        load_baseline, used, note = await self._program_baseline(spec, event, load_ids)
+        baseline = await program_baseline(self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids)
+        used, note = baseline.used, baseline.note
         await store.save_activation(self.conn, event.id, self.name, now, used, note, references.values())
-        run = EventRun(event, spec, snap.devices, references, load_baseline, activated_wall=started)
+        run = EventRun(event, spec, snap.devices, references, baseline.values_kw, activated_wall=started)
         self.runs[event.id] = run
         log.info(
             "event activated",
@@ -223,26 +218,6 @@ class Controller:
                 "baseline_note": note,
             },
         )
-
-    async def _program_baseline(
-        self, spec: EventSpec, event: store.EventRecord, load_ids: list[int]
-    ) -> tuple[np.ndarray | None, str, str | None]:
-        """The loads' baseline by the event's method; meter-before (from raw telemetry) when history is
-        short, saying so."""
-        program = baseline_spec(spec.baseline)
-        if program.method == "meter_before":
-            return None, spec.baseline, None
-        try:
-            window = EventWindow.from_times(event.starts_at, event.ends_at)
-            if not load_ids:
-                raise InsufficientHistory("no flexible loads in scope")
-            first = window.day - timedelta(days=program.lookback_days + 1)
-            profiles = await load_profiles(self.conn, load_ids, first, window.day)
-            return compute_baseline(program, profiles, window), spec.baseline, None
-        except (InsufficientHistory, ValueError) as err:
-            note = f"{spec.baseline} not computable ({err}); using meter_before from raw telemetry"
-            log.warning("baseline fallback", extra={"event": event.id, "reason": str(err)})
-            return None, "meter_before", note
 
     async def _resume(self, event: store.EventRecord) -> EventRun:
         """Take over an event another controller activated: its references and integrator from the
@@ -257,8 +232,11 @@ class Controller:
             return self.runs[event.id]
         load_ids = [r.device_id for r in references.values() if not r.produces and r.device_id is not None]
         baseline = None
-        if runtime["baseline_used"] != "meter_before":
-            baseline, _, _ = await self._program_baseline(spec, event, load_ids)
+        if runtime["baseline_used"] != METER_BEFORE:  # the same history gives the same baseline
+            program = await program_baseline(
+                self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids
+            )
+            baseline = program.values_kw
         run = EventRun(
             event,
             spec,
@@ -280,7 +258,12 @@ class Controller:
         run.cycle += 1
         wall = time.monotonic()
         live = await read_latest(self.conn, (d.id for d in run.devices.values()), self.max_age_s)
-        pinned = {rid: r.reference_kw for rid, r in run.references.items() if r.produces}
+        # Loads are pinned too when raising: what a raise adds is not reported (see fleet).
+        pinned = {
+            rid: r.reference_kw
+            for rid, r in run.references.items()
+            if r.produces or (run.direction is Direction.RAISE and r.kind == ResourceKind.FLEXIBLE_LOAD)
+        }
         curtailed_for = {rid: (now - t).total_seconds() / 60 for rid, t in run.curtailed_since.items()}
         snap = build_resources(run.devices.values(), live, pinned, curtailed_for)
         measured = {rid: snap.measured_kw(rid) for rid in snap.resources if rid in run.references}
@@ -333,7 +316,8 @@ class Controller:
         """A resource giving clearly less than it was dispatched (a battery at its own reserve, a unit at
         its water limit) is bounded by what it gives, for a while: otherwise the integrator's extra
         allocation would keep landing on it and the shortfall would never be re-dispatched elsewhere.
-        Loads are judged by the curtailment they report, not against their drifting reference."""
+        Curtailed loads are judged by the curtailment they report, not against their drifting reference;
+        raised loads (no report of the raise) against their reference."""
         if now - run.event.starts_at < timedelta(minutes=self.tuning.ramp_in_min):
             return
         for rid, sent in run.sent.items():
@@ -346,7 +330,7 @@ class Controller:
             ):
                 continue
             held_back = snap.live.get(snap.devices[rid].id, {}).get("curtailment_w")
-            if not ref.produces and held_back is not None:
+            if not ref.produces and held_back is not None and run.direction is Direction.REDUCE:
                 response = held_back / 1000
             else:
                 grid_drop = m.per_resource_kw[rid] - ref.reference_kw
@@ -475,7 +459,11 @@ class Controller:
         rows, commands = [], []
         for rid in touched:
             device = by_resource.get(rid)
-            dc = None if device is None else restore_command(device, rid, self.settings.dr.hold_s)
+            dc = (
+                None
+                if device is None
+                else restore_command(device, rid, self.settings.dr.hold_s, run.direction)
+            )
             if dc is None:
                 log.error(
                     "cannot restore resource: not in the registry", extra={"event": event_id, "resource": rid}

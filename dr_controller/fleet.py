@@ -13,7 +13,8 @@ simulators' defaults, so a county seeded without attributes is modelled as it be
   ``min_level_m`` 1.0, ``ramp_kw_per_min`` 20 % of rated, ``min_output_w`` 0, ``cost_per_kwh`` 0.3;
 - flexible load (``lixian-flexload-v1``, or ``curtailable: true``): ``floor_w`` 35 % of rated,
   ``max_curtailable_w`` 40 % of rated, ``min_duration_min`` 0, ``max_duration_min`` unlimited,
-  ``rebound_fraction`` 0, ``raisable_w`` 0, ``cost_per_kwh`` 1.0;
+  ``rebound_fraction`` 0, ``raisable_w`` 30 % of rated (0 unless the profile is lixian-flexload-v1,
+  which has the raise control), ``max_load_w`` rated (the ceiling of a raise), ``cost_per_kwh`` 1.0;
 - storage (kind ``battery``): ``capacity_wh`` (else telemetry ``energy_capacity_wh``, else 2 h at
   rated), ``soc_min_pct`` 10, ``soc_max_pct`` 95, ``efficiency`` 0.95, ``cost_per_kwh`` 0.5;
 - EV charging (``charge_point`` devices, grouped per site; only where the OCPP central system reports
@@ -37,6 +38,7 @@ from core.metrics import metric
 from dr_controller.resources import (
     UNLIMITED,
     DeviceCommand,
+    Direction,
     EvChargingSite,
     FlexibleLoad,
     HydroUnit,
@@ -205,10 +207,16 @@ def _hydro(d: DeviceInfo, live: Mapping[str, float], output_kw: float) -> HydroU
     )
 
 
-def _flexible_load(d: DeviceInfo, live: Mapping[str, float], curtailed_for_min: float) -> FlexibleLoad:
+def _flexible_load(
+    d: DeviceInfo, live: Mapping[str, float], curtailed_for_min: float, reference_kw: float | None
+) -> FlexibleLoad:
     # The device reports what it holds back (curtailment_w): measured + held back is its load had we
-    # not curtailed it, which follows the production profile through the event.
+    # not curtailed it, which follows the production profile through the event. What a raise adds has
+    # no catalogue metric, so while raising the load is pinned at the event's reference instead.
     load_kw = (live["active_power_w"] + live.get("curtailment_w", 0.0)) / 1000
+    if reference_kw is not None:
+        load_kw = reference_kw
+    raisable_default = 0.30 * d.rated_w if d.profile == FLEXLOAD_PROFILE else 0.0
     return FlexibleLoad(
         resource_id=d.key,
         site=d.site,
@@ -220,7 +228,8 @@ def _flexible_load(d: DeviceInfo, live: Mapping[str, float], curtailed_for_min: 
         max_duration_min=d.attr("max_duration_min", UNLIMITED),
         curtailed_for_min=curtailed_for_min,
         rebound_fraction=d.attr("rebound_fraction", 0.0),
-        raisable_kw=d.attr("raisable_w", 0.0) / 1000,
+        raisable_kw=d.attr("raisable_w", raisable_default) / 1000,
+        max_load_kw=d.attr("max_load_w", d.rated_w) / 1000,
         cost_per_kwh=d.attr("cost_per_kwh", 1.0),
     )
 
@@ -293,7 +302,8 @@ def build_resources(
     curtailed_for_min: Mapping[str, float] | None = None,
 ) -> FleetSnapshot:
     """Resource models now. ``references`` (resource id -> kW at the event's activation) pins the
-    operating point of generators, storage and EV sites; without it the present measurement is used."""
+    operating point of generators, storage and EV sites (and of a flexible load, for valley filling);
+    without it the present measurement is used."""
     references = references or {}
     curtailed_for_min = curtailed_for_min or {}
     resources: dict[str, Resource] = {}
@@ -318,7 +328,7 @@ def build_resources(
         if kind is ResourceKind.HYDRO:
             model = _hydro(d, state, reference)
         elif kind is ResourceKind.FLEXIBLE_LOAD:
-            model = _flexible_load(d, state, curtailed_for_min.get(d.key, 0.0))
+            model = _flexible_load(d, state, curtailed_for_min.get(d.key, 0.0), references.get(d.key))
         elif kind is ResourceKind.STORAGE:
             model = _storage(d, state, reference)
         else:
@@ -354,17 +364,19 @@ class TelemetryMeter:
             raise LookupError(f"resource {resource_id!r} unavailable: {reason}") from None
 
 
-def restore_command(d: DeviceInfo, resource_id: str, hold_s: float) -> DeviceCommand | None:
-    """The command putting a resource back to its default, from the registry alone (a device that
-    stopped reporting is restored all the same)."""
+def restore_command(
+    d: DeviceInfo, resource_id: str, hold_s: float, direction: Direction = Direction.REDUCE
+) -> DeviceCommand | None:
+    """The command putting a resource back to its default after an event of ``direction``, from the
+    registry alone (a device that stopped reporting is restored all the same)."""
     kind = d.resource_kind
     rated_kw = d.rated_w / 1000
     if kind is ResourceKind.HYDRO:
-        return HydroUnit(resource_id, d.site, rated_kw, 0.0, 0.0, 0.0).restore(hold_s)
+        return HydroUnit(resource_id, d.site, rated_kw, 0.0, 0.0, 0.0).restore(hold_s, direction)
     if kind is ResourceKind.FLEXIBLE_LOAD:
-        return FlexibleLoad(resource_id, d.site, d.tier, 0.0, 0.0).restore(hold_s)
+        return FlexibleLoad(resource_id, d.site, d.tier, 0.0, 0.0).restore(hold_s, direction)
     if kind is ResourceKind.STORAGE:
-        return StorageUnit(resource_id, d.site, 0.0, 0.0, 0.0, 0.0, 0.0).restore(hold_s)
+        return StorageUnit(resource_id, d.site, 0.0, 0.0, 0.0, 0.0, 0.0).restore(hold_s, direction)
     if kind is ResourceKind.EV_CHARGING:
-        return EvChargingSite(resource_id, d.tier, 0.0, 0.0, 0.0).restore(hold_s)
+        return EvChargingSite(resource_id, d.tier, 0.0, 0.0, 0.0).restore(hold_s, direction)
     return None

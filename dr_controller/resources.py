@@ -6,14 +6,15 @@ the event*:
 - ``Direction.REDUCE`` (peak shaving): lower the net load the grid sees — raise hydro output, discharge
   storage (or stop charging), curtail flexible load, lower EV charging;
 - ``Direction.RAISE`` (valley filling, 填谷): raise the net load — lower hydro output (water is kept for
-  later), charge storage (or stop discharging), release curtailment, raise EV charging.
+  later), charge storage (or stop discharging), raise flexible load (its load-raise setpoint), raise
+  EV charging.
 
 Dispatch amounts are relative to a *reference* operating point taken when the event starts (the
 ``output_kw`` / ``power_kw`` / ``load_kw`` fields), so re-dispatching every cycle never drifts.
 Device power follows ``core.metrics``: generators and storage + output, loads and chargers + import.
 
-Tiers (有序用电, 0–9) apply to curtailing load only: tier 0 is never curtailed (nor touched at all),
-higher tiers are curtailed first. Hydro up-regulation and storage are tier-free.
+Tiers (有序用电, 0–9) order the users: tier 0 is never curtailed (nor touched at all, not even raised),
+higher tiers are curtailed (or raised) first. Hydro and storage are tier-free.
 """
 
 from __future__ import annotations
@@ -186,8 +187,8 @@ class HydroUnit:
             expires_at,
         )
 
-    def restore(self, hold_s: float) -> DeviceCommand:
-        """Back to the profile's default (rated: the unit follows its water again)."""
+    def restore(self, hold_s: float, direction: Direction = Direction.REDUCE) -> DeviceCommand:
+        """Back to the profile's default (rated: the unit follows its water again), either direction."""
         return _command(
             self.site, self.resource_id, "set_output_setpoint", {"watts": self.rated_kw * 1000}, hold_s, None
         )
@@ -195,7 +196,9 @@ class HydroUnit:
 
 @dataclass(frozen=True, slots=True)
 class FlexibleLoad:
-    """An industrial load with a curtailment setpoint; ``set_curtailment`` (W) in lixian-flexload-v1."""
+    """An industrial load with a curtailment setpoint (``set_curtailment``, W) and a load-raise setpoint
+    (``set_load_raise``, W) in lixian-flexload-v1. Duration limits hold in either direction: a process
+    can keep a changed schedule only so long."""
 
     resource_id: str
     site: str
@@ -209,24 +212,33 @@ class FlexibleLoad:
     rebound_fraction: float = 0.0  # share of the curtailed energy consumed again after release
     rebound_min: float = 60.0  # over how long the rebound comes back
     raisable_kw: float = 0.0  # extra load the enterprise can take on for valley filling
+    max_load_kw: float = UNLIMITED  # the ceiling a raise stops at (the site's contracted capacity)
     ramp_kw_per_min: float = UNLIMITED
     cost_per_kwh: float = 1.0
     kind: ResourceKind = field(default=ResourceKind.FLEXIBLE_LOAD, init=False)
 
-    def curtailable_kw(self, window: Window) -> float:
-        if self.tier == 0:
-            return 0.0
+    def _can_hold(self, window: Window) -> bool:
         # A load that cannot hold the rest of the window offers nothing: a release mid-event would
         # reopen the gap the event is closing.
-        if self.curtailed_for_min + window.remaining_min > self.max_duration_min:
+        return self.tier != 0 and self.curtailed_for_min + window.remaining_min <= self.max_duration_min
+
+    def curtailable_kw(self, window: Window) -> float:
+        if not self._can_hold(window):
             return 0.0
         return _positive(min(self.load_kw - self.floor_kw, self.max_curtailable_kw))
+
+    def raise_headroom_kw(self, window: Window) -> float:
+        """What it can take on: its raisable power, below the ceiling (``load_kw`` is the load without
+        our raise: the controller pins it at the event's reference)."""
+        if not self._can_hold(window):
+            return 0.0
+        return _positive(min(self.raisable_kw, self.max_load_kw - self.load_kw))
 
     def flexibility(self, direction: Direction, window: Window, dispatched_kw: float = 0.0) -> Flexibility:
         if direction is Direction.REDUCE:
             available = self.curtailable_kw(window)
         else:
-            available = 0.0 if self.tier == 0 else self.raisable_kw
+            available = self.raise_headroom_kw(window)
         return Flexibility(
             self.resource_id,
             self.kind,
@@ -245,15 +257,19 @@ class FlexibleLoad:
     def command(
         self, direction: Direction, dispatch_kw: float, hold_s: float, expires_at: datetime | None = None
     ) -> DeviceCommand:
-        if direction is Direction.RAISE:
-            raise NotImplementedError("lixian-flexload-v1 has no raise control; valley filling needs one")
         if self.tier == 0:
-            raise ValueError(f"{self.resource_id} is tier 0: never curtailed")
+            raise ValueError(f"{self.resource_id} is tier 0: never curtailed nor raised")
+        if direction is Direction.RAISE:
+            watts = min(dispatch_kw, self.raisable_kw) * 1000
+            return _command(
+                self.site, self.resource_id, "set_load_raise", {"watts": watts}, hold_s, expires_at
+            )
         watts = min(dispatch_kw, self.curtailable_kw(Window(1.0))) * 1000
         return _command(self.site, self.resource_id, "set_curtailment", {"watts": watts}, hold_s, expires_at)
 
-    def restore(self, hold_s: float) -> DeviceCommand:
-        return _command(self.site, self.resource_id, "set_curtailment", {"watts": 0.0}, hold_s, None)
+    def restore(self, hold_s: float, direction: Direction = Direction.REDUCE) -> DeviceCommand:
+        op = "set_load_raise" if direction is Direction.RAISE else "set_curtailment"
+        return _command(self.site, self.resource_id, op, {"watts": 0.0}, hold_s, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +324,7 @@ class StorageUnit:
             self.site, self.resource_id, "set_battery_power", {"watts": power_kw * 1000}, hold_s, expires_at
         )
 
-    def restore(self, hold_s: float) -> DeviceCommand:
+    def restore(self, hold_s: float, direction: Direction = Direction.REDUCE) -> DeviceCommand:
         return _command(self.site, self.resource_id, "set_battery_power", {"watts": 0.0}, hold_s, None)
 
 
@@ -357,7 +373,7 @@ class EvChargingSite:
             expires_at,
         )
 
-    def restore(self, hold_s: float) -> DeviceCommand:
+    def restore(self, hold_s: float, direction: Direction = Direction.REDUCE) -> DeviceCommand:
         """Lift the site limit altogether (ocpp_server.smart's clear_site_charging_limit)."""
         return _command(self.resource_id, SITE_TARGET, "clear_site_charging_limit", {}, hold_s, None)
 
@@ -380,7 +396,9 @@ class Resource(Protocol):
         self, direction: Direction, dispatch_kw: float, hold_s: float, expires_at: datetime | None = None
     ) -> DeviceCommand: ...
 
-    def restore(self, hold_s: float) -> DeviceCommand: ...
+    def restore(self, hold_s: float, direction: Direction = Direction.REDUCE) -> DeviceCommand:
+        """The command back to the device's default after an event of ``direction``."""
+        ...
 
 
 class ResourceMeter(Protocol):

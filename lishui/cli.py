@@ -64,6 +64,20 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     return run(lambda: run_ingest(settings))
 
 
+def _dr(settings: Settings, args: argparse.Namespace) -> int:
+    from dr_controller.service import run_dr_controller
+
+    start_metrics_endpoint(args.metrics_port)
+    return run(lambda: run_dr_controller(settings, name=args.name))
+
+
+def _openadr(settings: Settings, args: argparse.Namespace) -> int:
+    from dr_controller.openadr import run_ven
+
+    start_metrics_endpoint(args.metrics_port)
+    return run(lambda: run_ven(settings))
+
+
 def _api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -113,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="stream MQTT telemetry into TimescaleDB")
     ing.add_argument("--metrics-port", type=int, default=9102)
 
+    dr = sub.add_parser(
+        "dr", help="demand-response controller: one instance leads (advisory lock), the others stand by"
+    )
+    dr.add_argument("--name", default=None, help="this instance's name (default: host name + random suffix)")
+    dr.add_argument("--metrics-port", type=int, default=9103)
+
+    oadr = sub.add_parser("openadr", help="OpenADR 2.0b VEN: take events from a VTN (LISHUI_OPENADR__*)")
+    oadr.add_argument("--metrics-port", type=int, default=0)
+
     api = sub.add_parser("api", help="serve the HTTP API and dashboard")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
@@ -136,7 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(settings) if args.db_command == "migrate" else _seed(settings, args.scenario)
     if args.command in ("ocpp", "charging"):
         return ocpp_cli.dispatch(settings, args)
-    handlers = {"sim": _sim, "gateway": _gateway, "ingest": _ingest, "api": _api, "demo": _demo}
+    handlers = {
+        "sim": _sim,
+        "gateway": _gateway,
+        "ingest": _ingest,
+        "dr": _dr,
+        "openadr": _openadr,
+        "api": _api,
+        "demo": _demo,
+    }
     return handlers[args.command](settings, args)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import yaml
+from psycopg.types.json import Jsonb
 
 from core import registry
 from core.settings import Settings
@@ -69,6 +70,37 @@ async def seed_piles(conn: psycopg.AsyncConnection[Any], scenario: Scenario) -> 
             await piles.add_token(conn, token)
         await conn.commit()
     return len(scenario.charge_points)
+
+
+# Simulation parameters the demand-response controller's resource models read from a device's registry
+# attributes (dr_controller.fleet): the physics the registry cannot know otherwise.
+DR_ATTRIBUTES = (
+    "head_m",
+    "efficiency",
+    "reservoir_area_m2",
+    "min_level_m",
+    "floor_w",
+    "max_curtailable_w",
+    "max_raisable_w",
+    "max_load_w",
+    "capacity_wh",
+)
+_RENAMED = {"max_raisable_w": "raisable_w"}  # simulator name -> attribute name
+
+
+async def seed_dr_attributes(settings: Settings, scenario: Scenario) -> int:
+    """Copy the scenario's physics parameters the DR controller models into the devices' attributes
+    (merged into what is stored); returns how many devices got some."""
+    updated = 0
+    async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
+        for d in scenario.devices:
+            attrs = {_RENAMED.get(k, k): v for k, v in d.sim.items() if k in DR_ATTRIBUTES}
+            if attrs:
+                await conn.execute(
+                    "UPDATE devices SET attributes = attributes || %s WHERE key = %s", (Jsonb(attrs), d.key)
+                )
+                updated += 1
+    return updated
 
 
 def gateway_config(scenario: Scenario, endpoints: dict[str, Endpoint], name: str = "gw-1") -> GatewayConfig:

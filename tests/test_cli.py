@@ -100,3 +100,34 @@ def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, 
 def test_bad_usage_is_a_clear_error(argv: list[str]) -> None:
     out = subprocess.run([*LISHUI, *argv], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "usage:" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["dr", "openadr"])
+def test_service_subcommands_have_help(command: str) -> None:
+    out = subprocess.run([*LISHUI, command, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--metrics-port" in out.stdout, out.stderr
+
+
+def test_dr_process_takes_the_leader_lock_and_stops_cleanly(settings: Settings, tmp_path: Path) -> None:
+    name = f"cli-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    proc = subprocess.Popen(
+        [*LISHUI, "dr", "--name", name, "--metrics-port", "0"], env=_env(settings, tmp_path)
+    )
+    try:
+        with psycopg.connect(settings.db.dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while True:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+                    (f"lishui-dr-{name}-lock",),
+                ).fetchone()
+                if row == (1,):
+                    break
+                assert proc.poll() is None, f"lishui dr exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "lishui dr never took the leader lock"
+                time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    assert code == 0

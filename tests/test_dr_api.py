@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 
 from api.app import create_app
 from core import registry
 from core.settings import Settings
+from dr_controller.baselines import CHINA
 
 START = datetime(2031, 3, 5, 1, 0, tzinfo=UTC)  # far from any other test's events
 
@@ -170,3 +172,95 @@ async def test_capacity_register_counts_live_resources_per_town(
     assert reg["excluded"][f"cap-hload-{tag}"].startswith("tier 0")
     assert reg["excluded"][f"cap-stale-{tag}"] == "stale"
     assert reg["total_kw"] >= 400
+
+
+BT_UNTIL = date(2024, 7, 3)  # a Wednesday; no other test has telemetry for these devices
+BT_EVENT_DAY = date(2024, 7, 1)  # an event ran that Monday: never a tested or similar day
+
+
+async def test_baseline_backtest_reports_per_method_error_on_non_event_days(
+    client: httpx.AsyncClient, db_dsn: str
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    shape = 100 + 50 * np.sin(np.linspace(0, 2 * np.pi, 96))  # the same every working day
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+        await registry.upsert_site(conn, f"bt-park-{tag}", "bt park", town_key="lidan")
+        ids = [
+            await registry.upsert_device(
+                conn, f"bt-load-{i}-{tag}", f"bt-park-{tag}", "load", profile="lixian-flexload-v1"
+            )
+            for i in range(2)
+        ]
+        rows = []
+        for back in range(1, 70):
+            day = BT_UNTIL - timedelta(days=back)
+            odd = day.weekday() >= 5 or day == BT_EVENT_DAY  # weekends and the event day: 3 x the load
+            for slot in range(96):
+                bucket = datetime.combine(day, datetime.min.time(), CHINA) + timedelta(minutes=15 * slot)
+                for device_id, kw in zip(ids, (shape[slot], 40.0), strict=True):
+                    rows.append((bucket, device_id, kw * 1000 * (3 if odd else 1), bucket))
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO telemetry_15m (bucket, device_id, metric_id, n, sum, min, max, last, last_ts)"
+                " VALUES (%s, %s, 1, 1, %s, 0, 0, 0, %s)",
+                rows,
+            )
+        starts = datetime.combine(BT_EVENT_DAY, time(17, 0), CHINA)
+        cur = await conn.execute(
+            "INSERT INTO dr_events (kind, target_kw, starts_at, ends_at, notice, scope)"
+            " VALUES ('peak_shaving', 100, %s, %s, 'intraday', 'county') RETURNING id",
+            (starts, starts + timedelta(hours=1)),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await conn.execute(
+            "INSERT INTO dr_event_runtime (event_id, baseline_used, controller, activated_at, restored_at)"
+            " VALUES (%s, 'meter_before', 'test', %s, %s)",
+            (row[0], starts, starts),
+        )
+        await conn.execute("UPDATE dr_events SET state = 'cancelled' WHERE id = %s", (row[0],))
+
+    url = "/api/v1/dr/baselines/backtest"
+    common = {"until": BT_UNTIL.isoformat(), "days": 5}
+    got = await client.get(
+        url,
+        params={**common, "device": f"bt-load-0-{tag}", "method": ["last_5_working_days", "high_5_of_10"]},
+    )
+    assert got.status_code == 200, got.text
+    report = got.json()
+    assert report["days"] == ["2024-06-25", "2024-06-26", "2024-06-27", "2024-06-28", "2024-07-02"]
+    assert [m["method"] for m in report["methods"]] == ["last_5_working_days", "high_5_of_10"]
+    for m in report["methods"]:  # every similar day is the same: no error at all
+        assert m["mape_pct"] == pytest.approx(0) and m["cv_rmse_pct"] == pytest.approx(0)
+        assert m["days_tested"] == 5 and not m["skipped"]
+
+    site = (await client.get(url, params={**common, "site": f"bt-park-{tag}"})).json()
+    assert site["scope"] == f"site:bt-park-{tag}" and len(site["devices"]) == 2
+    by_method = {m["method"]: m for m in site["methods"]}
+    assert set(by_method) == {
+        "high_5_of_10",
+        "high_5_of_10_adjusted",
+        "last_5_working_days",
+        "last_5_working_days_adjusted",
+        "meter_before_15min",
+    }
+    # 17:00-18:00 on the sine: meter-before holds the 16:45 level flat while the load falls on.
+    actual = shape[68:72] + 40
+    flat_before = shape[67] + 40
+    assert by_method["meter_before_15min"]["mape_pct"] == pytest.approx(
+        float(np.mean(np.abs(actual - flat_before) / actual) * 100)
+    )
+    assert by_method["high_5_of_10_adjusted"]["mape_pct"] == pytest.approx(0, abs=1e-9)
+
+    bad = [
+        {**common},
+        {**common, "site": f"bt-park-{tag}", "device": f"bt-load-0-{tag}"},
+        {**common, "device": f"bt-load-0-{tag}", "method": "nope"},
+        {**common, "device": f"bt-load-0-{tag}", "start": "17:10"},
+        {**common, "device": f"bt-load-0-{tag}", "start": "23:00", "intervals": 8},
+        {**common, "device": f"bt-load-0-{tag}", "days": 0},
+        {**common, "site": f"cap-park-{tag}"},  # no such site
+    ]
+    codes = [(await client.get(url, params=p)).status_code for p in bad]
+    assert codes == [422, 422, 422, 422, 422, 422, 404]
+    assert (await client.get(url, params={**common, "device": "no-such-device"})).status_code == 404

@@ -57,11 +57,26 @@ def test_models_follow_registry_attributes_and_live_values() -> None:
     assert snap.measured_kw("b") == -100
 
 
+def test_flexible_load_raise_defaults_and_pinned_reference() -> None:
+    flex = device("l", "load")
+    other = DeviceInfo(7, "o", "site-o", 1, "load", "acme-load", 1e6, 3, None, {"curtailable": True})
+    live = {d.id: {"active_power_w": 500_000.0} for d in (flex, other)}
+    snap = build_resources([flex, other], live, references={"l": 900.0})
+    ld = snap.resources["l"]
+    assert isinstance(ld, FlexibleLoad) and ld.load_kw == 900  # pinned: a raise is not reported
+    assert ld.raisable_kw == 300 and ld.max_load_kw == 1000  # the simulators' defaults
+    assert ld.flexibility(Direction.RAISE, Window(60)).available_kw == 100  # below the ceiling
+    assert snap.resources["o"].flexibility(Direction.RAISE, Window(60)).available_kw == 0  # no raise op
+
+
 def test_restore_commands_are_the_profiles_defaults() -> None:
     cmds = {d.kind: restore_command(d, d.key, 30.0) for d in (device("h", "hydro"), device("l", "load"))}
     assert cmds["hydro"] is not None and cmds["hydro"].command.args == {"watts": 1e6}
     assert cmds["load"] is not None and cmds["load"].command.args == {"watts": 0.0}
     assert restore_command(device("m", "meter"), "m", 30.0) is None
+    raised = restore_command(device("l", "load"), "l", 30.0, Direction.RAISE)
+    assert raised is not None and raised.command.op == "set_load_raise"
+    assert raised.command.args == {"watts": 0.0}
 
 
 def test_measurement_signs_and_program_baseline() -> None:

@@ -94,6 +94,21 @@ def test_flexible_load_duration_limits_and_rebound() -> None:
     assert cmd.op == "set_curtailment" and cmd.args == {"watts": 300_000}
 
 
+def test_flexible_load_valley_filling_raises_within_headroom_and_restores_the_raise() -> None:
+    raisable = load(raisable_kw=300, max_load_kw=1000)
+    assert raisable.flexibility(Direction.RAISE, HOUR).available_kw == 200  # the ceiling binds
+    assert load(raisable_kw=300).flexibility(Direction.RAISE, HOUR).available_kw == 300
+    assert load().flexibility(Direction.RAISE, HOUR).available_kw == 0  # no raise control, no raise
+    assert load(raisable_kw=300, max_duration_min=30).flexibility(Direction.RAISE, HOUR).available_kw == 0
+    up = raisable.command(Direction.RAISE, 450, hold_s=60).command
+    assert up.op == "set_load_raise" and up.args == {"watts": 300_000} and up.hold_s == 60
+    assert raisable.restore(60, Direction.RAISE).command.op == "set_load_raise"
+    assert raisable.restore(60, Direction.RAISE).command.args == {"watts": 0.0}
+    assert raisable.restore(60).command.op == "set_curtailment"
+    with pytest.raises(ValueError, match="tier 0"):
+        load(tier=0, raisable_kw=300).command(Direction.RAISE, 100, hold_s=60)
+
+
 def storage(**kw: float) -> StorageUnit:
     args: dict[str, float] = dict(
         capacity_kwh=1000, soc_pct=60, power_kw=0, discharge_limit_kw=500, charge_limit_kw=400

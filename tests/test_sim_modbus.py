@@ -247,6 +247,17 @@ async def test_hydro_setpoint_ramps_and_flexload_curtails(fleet: Fleet) -> None:
         r = await client.write_registers(100, u32(10_000_000), device_id=1)  # above the maximum curtailable
         assert r.isError() and r.exception_code == 3
         assert not (await client.write_registers(100, u32(0), device_id=1)).isError()
+        assert to_u32((await client.read_holding_registers(13, count=2, device_id=1)).registers) == 240_000
+        before = load.value("active_power_w")
+        assert not (await client.write_registers(102, u32(100_000), device_id=1)).isError()
+        regs = (await client.read_holding_registers(0, count=17, device_id=1)).registers
+        assert to_u32(regs[0:2]) == pytest.approx(before + 100_000, rel=0.01)  # the profile plus the raise
+        assert to_u32(regs[15:17]) == pytest.approx(100_000, abs=1) and regs[10] == 3  # raised
+        assert to_u32((await client.read_holding_registers(102, count=2, device_id=1)).registers) == 100_000
+        r = await client.write_registers(102, u32(240_001), device_id=1)  # above the maximum raisable
+        assert r.isError() and r.exception_code == 3
+        assert not (await client.write_registers(102, u32(0), device_id=1)).isError()
+        assert load.value("curtailment_w") == 0 and load.physics.raise_w == 0  # type: ignore[attr-defined]
     finally:
         client.close()
 

@@ -219,6 +219,37 @@ def test_flexload_curtailment_down_to_floor() -> None:
     assert load.curtailment_w == pytest.approx(300_000)
 
 
+def test_flexload_raise_up_to_its_maximum_and_the_ceiling_then_back() -> None:
+    load = FlexLoadPhysics(
+        FlexLoadParams(rated_w=1_000_000, shape="flat", max_raisable_w=300_000, max_load_w=1_200_000, noise=0)
+    )
+    load.raise_setpoint_w = 150_000
+    load.step(LOCAL_NOON, 0)
+    assert load.power_w == pytest.approx(1_150_000)
+    assert load.raise_w == pytest.approx(150_000) and load.curtailment_w == 0 and load.state == 3
+    load.raise_setpoint_w = 1_000_000  # beyond the maximum raisable, and the ceiling stops it first
+    load.step(LOCAL_NOON, 1)
+    assert load.power_w == pytest.approx(1_200_000) and load.raise_w == pytest.approx(200_000)
+    load.setpoint_w = 100_000  # curtailment and raise together: the net effect
+    load.step(LOCAL_NOON, 1)
+    assert load.power_w == pytest.approx(1_200_000)
+    load.raise_setpoint_w = 0
+    load.step(LOCAL_NOON, 1)
+    assert load.power_w == pytest.approx(900_000) and load.raise_w == 0 and load.state == 2
+    load.setpoint_w = 0
+    load.step(LOCAL_NOON, 1)
+    assert load.power_w == pytest.approx(1_000_000) and load.state == 1
+
+
+def test_flexload_raise_defaults_scale_with_rating() -> None:
+    params = FlexLoadParams(rated_w=800_000, shape="two_shift", noise=0)
+    assert params.max_raisable == pytest.approx(240_000) and params.ceiling == 800_000
+    load = FlexLoadPhysics(params)
+    load.raise_setpoint_w = 10_000_000
+    load.step(LOCAL_MIDNIGHT + timedelta(hours=3), 0)  # night base load 30 %: room for the full raise
+    assert load.power_w == pytest.approx(0.30 * 800_000 + 240_000)
+
+
 def test_flexload_profile_has_shifts_and_night_base() -> None:
     load = FlexLoadPhysics(FlexLoadParams(rated_w=1_000_000, shape="two_shift", noise=0.0))
     load.step(LOCAL_MIDNIGHT + timedelta(hours=3), 0)  # 03:00 local

@@ -12,7 +12,7 @@ from simulators.physics.flexload import FlexLoadParams, FlexLoadPhysics
 from simulators.physics.grid import GridConditions
 from simulators.registers import WriteRule
 
-SETPOINT = 100
+SETPOINT, RAISE_SETPOINT = 100, 102
 
 
 class FlexLoadDevice(SimDevice):
@@ -41,16 +41,22 @@ class FlexLoadDevice(SimDevice):
         super().__init__(key, clock, unit_id)
         self.physics = FlexLoadPhysics(params)
         self.grid = GridConditions(nominal_v, seed=params.seed)
-        max_curtail = params.max_curtailable
-        self.registers.define(0, [0] * 13)
-        self.registers.define(SETPOINT, u32(0))
+        max_curtail, max_raise = params.max_curtailable, params.max_raisable
+        self.registers.define(0, [0] * 17)
+        self.registers.define(SETPOINT, u32(0) + u32(0))
         self.registers.allow_write(
             WriteRule("curtailment setpoint", SETPOINT, 2, lambda r: 0 <= to_u32(r) <= max_curtail)
         )
+        self.registers.allow_write(
+            WriteRule("load raise setpoint", RAISE_SETPOINT, 2, lambda r: 0 <= to_u32(r) <= max_raise)
+        )
         self.registers.poke(11, u32(max_curtail))
+        self.registers.poke(13, u32(max_raise))
 
     def _load_controls(self, now: datetime) -> None:
-        self.physics.setpoint_w = float(to_u32(self.registers.read(SETPOINT, 2)))
+        r = self.registers.read(SETPOINT, 4)
+        self.physics.setpoint_w = float(to_u32(r[0:2]))
+        self.physics.raise_setpoint_w = float(to_u32(r[2:4]))
 
     def _step(self, now: datetime, dt_s: float) -> None:
         self.grid.step(dt_s)
@@ -78,6 +84,7 @@ class FlexLoadDevice(SimDevice):
                 *u16(ph.state),
             ],
         )
+        self.registers.poke(15, u32(ph.raise_w))
 
     def metrics(self) -> dict[str, float]:
         ph = self.physics

@@ -1,0 +1,335 @@
+"""Valley filling (填谷) end to end on a small fleet: simulators → gateway → Mosquitto → ingest →
+TimescaleDB → controller → load-raise setpoints, storage charging and hydro held back → simulators.
+
+At night (02:xx local, the two-shift loads at their base) a 45-minute event asks 700 kW more load.
+The fleet offers 150 kW of hydro held back and 200 kW of battery charging (tier-free, used first),
+150 kW of raise at a tier-5 site, 480 kW at a tier-3 site, and a tier-0 water works that must never be
+touched. As in tests/test_dr_scenario.py the simulators' clock runs 60 times faster than the wall and
+is the controller's event clock; the fresh test database has no history, so the program baseline
+falls back to meter-before (the test checks the reason is recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiomqtt
+import psycopg
+import pytest
+
+from core import topics
+from core.settings import DrSettings, IngestSettings, Settings
+from dr_controller.controller import LoopTuning
+from dr_controller.service import run_dr_controller
+from gateway.service import run_gateway
+from ingest.service import run_ingest
+from lishui.composition import gateway_config, seed_registry
+from simulators.clock import SimClock
+from simulators.fleet import Fleet, serve_fleet
+from simulators.scenario import Scenario
+
+FACTOR = 60.0
+START = datetime.fromisoformat("2026-07-15T02:02:00+08:00")  # a Wednesday night: flat base loads
+TARGET_KW = 700.0
+EVENT_MIN = 45
+INTERVAL = timedelta(minutes=15)
+HOLD_S = 10.0
+TAG = uuid.uuid4().hex[:6]
+
+
+def _scenario() -> Scenario:
+    def load(key: str, site: str, rated: float, shape: str) -> dict[str, Any]:
+        return {
+            "key": key,
+            "site": site,
+            "kind": "load",
+            "profile": "lixian-flexload-v1",
+            "rated_power_w": rated,
+            "sim": {"shape": shape, "noise": 0.01},
+        }
+
+    return Scenario.model_validate(
+        {
+            "name": f"valley-{TAG}",
+            "tenants": [{"key": f"vf-co-{TAG}", "name": "valley test", "kind": "park"}],
+            "sites": [
+                {"key": f"vf-park3-{TAG}", "name": "tier 3 park", "town": "xiaodukou", "tier": 3},
+                {"key": f"vf-park5-{TAG}", "name": "tier 5 works", "town": "xiaodukou", "tier": 5},
+                {"key": f"vf-water-{TAG}", "name": "water works", "town": "xiaodukou", "tier": 0},
+                {"key": f"vf-hydro-{TAG}", "name": "hydro", "town": "wangjiachang", "kind": "hydro"},
+            ],
+            "devices": [
+                # Night base 30 % of rated; raisable 30 % of rated (the simulators' default).
+                load(f"vf-load-a-{TAG}", f"vf-park3-{TAG}", 1_000_000, "two_shift"),
+                load(f"vf-load-b-{TAG}", f"vf-park3-{TAG}", 600_000, "two_shift"),
+                load(f"vf-load-c-{TAG}", f"vf-park5-{TAG}", 500_000, "one_shift"),
+                load(f"vf-load-w-{TAG}", f"vf-water-{TAG}", 400_000, "two_shift"),
+                {
+                    "key": f"vf-bess-{TAG}",
+                    "site": f"vf-park3-{TAG}",
+                    "kind": "battery",
+                    "profile": "sunspec-battery",
+                    "rated_power_w": 200_000,
+                    "sim": {"capacity_wh": 400_000, "initial_soc_pct": 50},
+                },
+                {
+                    "key": f"vf-hydro-1-{TAG}",
+                    "site": f"vf-hydro-{TAG}",
+                    "kind": "hydro",
+                    "profile": "lixian-hydro-v1",
+                    "rated_power_w": 400_000,
+                    "sim": {"typical_output_w": 150_000, "reservoir_area_m2": 60_000},
+                },
+            ],
+        }
+    )
+
+
+ATTRIBUTES = ("reservoir_area_m2", "capacity_wh")
+
+
+@dataclass
+class Park:
+    settings: Settings
+    fleet: Fleet
+    scenario: Scenario
+    clock: SimClock
+    site_ids: list[int]
+    hydro_initial_w: dict[str, float]
+    commands: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        return [d.key for d in self.scenario.devices]
+
+    def tier_of_site(self, site: str) -> int | None:
+        return next((s.tier for s in self.scenario.sites if s.key == site), None)
+
+    def wall_of(self, sim: datetime) -> datetime:
+        return datetime.now(UTC) - (self.clock.now() - sim) / FACTOR
+
+
+async def _seed(settings: Settings, scenario: Scenario) -> list[int]:
+    await seed_registry(settings, scenario)
+    async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
+        for d in scenario.devices:
+            attrs = {k: v for k, v in d.sim.items() if k in ATTRIBUTES}
+            if attrs:
+                await conn.execute(
+                    "UPDATE devices SET attributes = attributes || %s::jsonb WHERE key = %s",
+                    (json.dumps(attrs), d.key),
+                )
+        cur = await conn.execute(
+            "SELECT id FROM sites WHERE key = ANY(%s) ORDER BY id", ([s.key for s in scenario.sites],)
+        )
+        return [int(r[0]) for r in await cur.fetchall()]
+
+
+async def _spy(settings: Settings, park: Park) -> None:
+    async with aiomqtt.Client(
+        settings.mqtt.host, settings.mqtt.port, identifier=f"vf-spy-{uuid.uuid4().hex[:8]}"
+    ) as client:
+        await client.subscribe(topics.subscription(topics.Channel.CMD, settings.topic_root), qos=1)
+        async for message in client.messages:
+            address = topics.parse(str(message.topic), settings.topic_root)
+            assert isinstance(message.payload, bytes)
+            park.commands.append((address.site, address.device, json.loads(message.payload)))
+
+
+async def _wait_live(dsn: str, keys: list[str], within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute(
+                "SELECT count(*) FROM devices d WHERE d.key = ANY(%s) AND EXISTS (SELECT 1 FROM telemetry t"
+                " WHERE t.device_id = d.id AND t.metric_id = 1 AND t.ts > now() - interval '10 seconds')",
+                (keys,),
+            )
+            row = await cur.fetchone()
+            if row and row[0] == len(keys):
+                return
+            assert time.monotonic() < deadline, f"only {row} of {len(keys)} devices live"
+            await asyncio.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+async def park(settings: Settings) -> AsyncIterator[Park]:
+    scenario = _scenario()
+    site_ids = await _seed(settings, scenario)
+    vf_settings = settings.model_copy(
+        update={
+            "dr": DrSettings(control_interval_s=2.0, hold_s=HOLD_S, command_expiry_s=5.0),
+            "ingest": IngestSettings(batch_max_delay_s=0.3, client_id=f"vf-ingest-{TAG}"),
+        }
+    )
+    clock = SimClock(factor=FACTOR, start=START)
+    async with serve_fleet(scenario, base_port=0, clock=clock) as fleet:
+        hydro = {k: d.physics.setpoint_w for k, d in fleet.devices.items() if d.kind == "hydro"}  # type: ignore[attr-defined]
+        park = Park(vf_settings, fleet, scenario, clock, site_ids, hydro)
+        config = gateway_config(scenario, fleet.endpoints, name=f"vf-gw-{TAG}")
+        async with asyncio.TaskGroup() as tg:
+            services = [
+                tg.create_task(run_ingest(vf_settings), name="ingest"),
+                tg.create_task(run_gateway(vf_settings, config), name="gateway"),
+                tg.create_task(_spy(vf_settings, park), name="spy"),
+            ]
+            try:
+                await _wait_live(settings.db.dsn, park.keys())
+                yield park
+            finally:
+                for task in services:
+                    task.cancel()
+
+
+def _limited(park: Park) -> dict[str, str]:
+    """Simulated devices still under a command of ours."""
+    out = {}
+    for key in park.keys():
+        dev: Any = park.fleet.device(key)
+        dev.sync()
+        if dev.kind == "load" and (dev.physics.setpoint_w or dev.physics.raise_setpoint_w):
+            out[key] = f"curtailment {dev.physics.setpoint_w}, raise {dev.physics.raise_setpoint_w}"
+        elif dev.kind == "hydro" and dev.physics.setpoint_w not in (
+            park.hydro_initial_w[key],
+            dev.physics.p.rated_w,
+        ):
+            out[key] = f"output setpoint {dev.physics.setpoint_w}"
+        elif dev.kind == "battery" and dev.sunspec.get_raw(124, "StorCtl_Mod") not in (0, None):
+            out[key] = f"StorCtl_Mod {dev.sunspec.get_raw(124, 'StorCtl_Mod')}"
+    return out
+
+
+async def _sim_sleep_until(clock: SimClock, sim: datetime) -> None:
+    await asyncio.sleep(max(0.0, (sim - clock.now()).total_seconds() / FACTOR))
+
+
+def _next_boundary(now: datetime, lead: timedelta) -> datetime:
+    epoch = (now + lead).timestamp()
+    return datetime.fromtimestamp(epoch - epoch % 900 + (900 if epoch % 900 else 0), UTC)
+
+
+async def _interval_raise_from_telemetry(
+    conn: psycopg.AsyncConnection, park: Park, event_id: int, starts_at: datetime, slots: int
+) -> list[float]:
+    """The grid's extra load per interval from raw telemetry against the stored references (loads draw
+    more, generators give less, batteries charge): independent of the controller's own sums."""
+    raised = []
+    for i in range(slots):
+        lo, hi = park.wall_of(starts_at + i * INTERVAL), park.wall_of(starts_at + (i + 1) * INTERVAL)
+        cur = await conn.execute(
+            "SELECT coalesce(sum(CASE WHEN r.produces THEN r.reference_kw - a.kw"
+            "                        ELSE a.kw - r.reference_kw END), 0)"
+            " FROM dr_references r JOIN LATERAL (SELECT avg(value) / 1000 AS kw FROM telemetry t"
+            "   WHERE t.device_id = r.device_id AND t.metric_id = 1 AND t.ts >= %s AND t.ts < %s) a ON true"
+            " WHERE r.event_id = %s AND a.kw IS NOT NULL",
+            (lo, hi, event_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        raised.append(float(row[0]))
+    return raised
+
+
+async def _wait(conn: psycopg.AsyncConnection, sql: str, args: tuple[Any, ...], within: float) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        cur = await conn.execute(sql, args)
+        row = await cur.fetchone()
+        if row is not None and row[-1]:
+            return row
+        assert time.monotonic() < deadline, f"timed out waiting for: {sql}"
+        await asyncio.sleep(0.5)
+
+
+async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
+    park: Park, settings: Settings
+) -> None:
+    clock = park.clock
+    starts_at = _next_boundary(clock.now(), timedelta(minutes=5))
+    async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "INSERT INTO dr_events (kind, target_kw, starts_at, ends_at, notice, scope, site_ids)"
+            " VALUES ('valley_filling', %s, %s, %s, 'intraday', 'sites', %s) RETURNING id",
+            (TARGET_KW, starts_at, starts_at + timedelta(minutes=EVENT_MIN), park.site_ids),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        event_id = int(row[0])
+        controller = asyncio.create_task(
+            run_dr_controller(park.settings, name=f"vf-{TAG}", clock=clock, tuning=LoopTuning(max_age_s=15.0))
+        )
+        try:
+            await _sim_sleep_until(clock, starts_at + INTERVAL)
+            assert _limited(park), "mid-event, devices should be under command"
+            await _sim_sleep_until(clock, starts_at + timedelta(minutes=EVENT_MIN))
+            runtime = await _wait(
+                conn,
+                "SELECT baseline_used, baseline_note, restored_at FROM dr_event_runtime WHERE event_id = %s",
+                (event_id,),
+                30.0,
+            )
+        finally:
+            controller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await controller
+        cur = await conn.execute(
+            "SELECT floor(extract(epoch FROM ts - %s) / 900)::int, avg(target_kw), avg(delivered_kw),"
+            " count(*) FROM dr_measurements WHERE event_id = %s GROUP BY 1 ORDER BY 1",
+            (starts_at, event_id),
+        )
+        intervals = await cur.fetchall()
+        independent = await _interval_raise_from_telemetry(conn, park, event_id, starts_at, 3)
+        cur = await conn.execute(
+            "SELECT resource_id, op, count(*), count(*) FILTER (WHERE status = 'accepted'),"
+            " max(dispatch_kw) FROM dr_dispatches WHERE event_id = %s AND NOT restore GROUP BY 1, 2",
+            (event_id,),
+        )
+        dispatches = {(r[0], r[1]): r[2:] for r in await cur.fetchall()}
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE status <> 'accepted') FROM dr_dispatches WHERE event_id = %s"
+            " AND status <> 'sent'",
+            (event_id,),
+        )
+        refused = await cur.fetchone()
+        cur = await conn.execute("SELECT state FROM dr_events WHERE id = %s", (event_id,))
+        state = await cur.fetchone()
+    restored = await _restored(park)
+    print(f"\nintervals (slot, target kW, delivered kW, cycles): {intervals}")
+    print(f"raise from raw telemetry per interval: {[round(x) for x in independent]}")
+    print(f"dispatches (resource, op) -> (sent, accepted, max kW): {dispatches}")
+
+    assert state == ("completed",)
+    assert runtime[0] == "meter_before" and "not computable" in runtime[1], runtime
+    assert [r[0] for r in intervals] == [0, 1, 2], intervals
+    for slot, target, delivered, _ in intervals[1:]:
+        assert target == TARGET_KW and delivered >= 0.95 * target, f"interval {slot}: {delivered:.0f} kW"
+    for slot, raised in enumerate(independent[1:], start=1):
+        assert raised >= 0.95 * TARGET_KW, f"interval {slot} from telemetry: {raised:.0f} kW"
+    assert refused == (0,), "every command accepted by the gateway"
+    # Every lever in use: hydro held back, the battery charging, loads raised (tier 5 and tier 3).
+    ops = {op for _, op in dispatches}
+    assert {"set_output_setpoint", "set_battery_power", "set_load_raise"} <= ops, ops
+    raised_loads = {rid for (rid, op), v in dispatches.items() if op == "set_load_raise" and v[2] > 0}
+    assert f"vf-load-c-{TAG}" in raised_loads and raised_loads & {f"vf-load-a-{TAG}", f"vf-load-b-{TAG}"}
+    tier0 = [(s, d) for s, d, _ in park.commands if park.tier_of_site(s) == 0]
+    assert not tier0, f"commands to tier-0 devices: {tier0}"
+    water: Any = park.fleet.device(f"vf-load-w-{TAG}")
+    assert water.physics.raise_setpoint_w == 0 and water.physics.setpoint_w == 0
+    assert restored, f"left under command after the event: {_limited(park)}"
+
+
+async def _restored(park: Park, within: float = 15.0) -> bool:
+    """The restore commands are answered within a poll or two of the gateway."""
+    deadline = time.monotonic() + within
+    while _limited(park):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
