@@ -6,6 +6,7 @@ Nested groups use a double underscore: ``LISHUI_DB__DSN``, ``LISHUI_MQTT__HOST``
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,10 +39,18 @@ class GatewaySettings(BaseModel):
     spool_max_bytes: int = Field(1 << 30, ge=64 * 1024)
     spool_segment_bytes: int = Field(16 << 20, ge=4096)
     spool_fsync_interval_s: float = Field(0.1, gt=0)
+    # Telemetry payloads (core.payloads.encode_telemetry): "json", or "binary" (a fifth of the size,
+    # and cheaper to ingest; only catalogue metrics). Ingest accepts both whatever this says.
+    telemetry_encoding: Literal["json", "binary"] = "json"
 
 
 class IngestSettings(BaseModel):
-    share_group: str = "ingest"
+    # Telemetry subscription. A name: the shared subscription ``$share/{name}/...``, so ingest scales by
+    # adding processes to the group. Empty (``LISHUI_INGEST__SHARE_GROUP=""``): a plain subscription, for
+    # one ingest process per broker. Mosquitto 2.0 does not restore shared subscriptions when it restarts
+    # (what is published before the members subscribe again is dropped), a plain one it keeps: on
+    # Mosquitto with one ingest, use plain. See docs/architecture.md, "Ingest".
+    share_group: str = Field("ingest", pattern=r"^([^/+#$]+)?$")
     # Stable and unique per ingest instance: the broker keeps its persistent session (and the QoS 1
     # messages queued for it) under this id. Default: derived from topic root, group and host name.
     client_id: str | None = None
@@ -101,6 +110,38 @@ class OcppSettings(BaseModel):
     ws_compression: bool = False
 
 
+class OpenAdrSettings(BaseModel):
+    """The OpenADR 2.0b VEN (``dr_controller.openadr.run_ven``): a standard VTN drives Lishui."""
+
+    # The VTN's simpleHttp endpoint prefix. Plain http only for tests and closed networks.
+    vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
+    ven_name: str = "lishui"
+    ven_id: str | None = None  # assigned by the VTN at registration when not set
+    # PEM files: the TLS client certificate and key (also used to sign messages, unless sign_messages is
+    # off), the CA that issued the VTN's certificate (needed with them), and the VTN's certificate
+    # fingerprint (its message signatures are checked against it when set).
+    cert: str | None = None
+    key: str | None = None
+    passphrase: str | None = None
+    ca_file: str | None = None
+    vtn_fingerprint: str | None = None
+    sign_messages: bool = True
+    check_hostname: bool = True
+    # SIMPLE signal levels 1, 2 and 3 (moderate, high, special) as peak-shaving targets, kW.
+    simple_levels_kw: tuple[float, float, float] = (6000.0, 12000.0, 18000.0)
+    # Opt in only when the capacity available now (live telemetry, over the event's length) is at least
+    # this times what the event asks.
+    capacity_margin: float = Field(1.0, ge=1.0)
+    max_event_h: float = Field(24.0, gt=0)
+    telemetry_max_age_s: float = Field(60.0, gt=0)
+    # Sampling periods the telemetry report offers; the VTN picks one in between.
+    report_min_period_s: float = Field(10.0, ge=1)
+    report_max_period_s: float = Field(3600.0, ge=1)
+    # With each opt-out, also send an oadrCreateOpt carrying the OpenADR optReason (the VTN's EiOpt).
+    send_opt_reasons: bool = True
+    register_retry_s: float = Field(10.0, gt=0)
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -118,6 +159,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     dr: DrSettings = DrSettings()
     ocpp: OcppSettings = OcppSettings()
+    openadr: OpenAdrSettings = OpenAdrSettings()
     # Root of the topic tree; tests give each run its own so runs never see each other's traffic.
     topic_root: str = "lishui"
     log_level: str = "INFO"
