@@ -8,6 +8,12 @@ Sign convention for power and energy (the one SunSpec uses):
 - generators and storage (PV, hydro, batteries): ``active_power_w`` > 0 is output (generation,
   discharge), < 0 is charging;
 - meters, loads and chargers: ``active_power_w`` > 0 is consumption (import from the grid), < 0 export.
+
+Demand-response amounts of a flexible load are >= 0, each in its own direction, against the load's
+baseline (its production profile had nobody commanded it): ``curtailment_w`` is held back (less import),
+``load_raise_w`` taken on (more import, valley filling), so ``active_power_w`` = baseline −
+``curtailment_w`` + ``load_raise_w``; ``max_curtailable_w`` and ``max_raisable_w`` are the device's own
+limits on the two setpoints.
 """
 
 from __future__ import annotations
@@ -92,6 +98,11 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(32, "current_offered_a", "A", _G, "Charging current offered to the EV (OCPP Current.Offered)"),
     Metric(33, "charging_limit_w", "W", _G, "Charging limit in force from smart charging"),
     Metric(34, "discharge_flow_m3s", "m³/s", _G, "Water flow through the turbine"),
+    Metric(35, "load_raise_w", "W", _G, "Load raise in force (power taken on above the baseline), >= 0"),
+    Metric(36, "max_raisable_w", "W", _G, "Most power a flexible load can take on above its baseline, >= 0"),
+    Metric(
+        37, "max_curtailable_w", "W", _G, "Most power a flexible load can hold back from its baseline, >= 0"
+    ),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOGUE}

@@ -5,6 +5,7 @@ Nested groups use a double underscore: ``LISHUI_DB__DSN``, ``LISHUI_MQTT__HOST``
 
 from __future__ import annotations
 
+from datetime import date, time
 from functools import lru_cache
 from typing import Literal
 
@@ -73,6 +74,15 @@ class DrSettings(BaseModel):
     # Only the holder of this PostgreSQL advisory lock acts; standbys wait for it.
     leader_lock_key: int = 0x6C6973687569_0D52
     timezone: str = "Asia/Shanghai"
+    # Day-ahead forecasts (dr_controller.forecast_schedule): the leader issues tomorrow's every day at
+    # this local time (``timezone``), and at start-up when tomorrow has none yet, then reports
+    # yesterday's error. Off: only through the API.
+    forecast_daily: bool = True
+    forecast_at: time = time(16, 0)
+    # The year's public holidays and make-up workdays (调休): they decide the similar days of the daily
+    # forecasts and of the events' program baselines.
+    holidays: list[date] = Field(default_factory=list)
+    make_up_workdays: list[date] = Field(default_factory=list)
 
 
 class OcppSettings(BaseModel):

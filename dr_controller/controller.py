@@ -31,12 +31,13 @@ from core.payloads import CommandResult, CommandStatus, utcnow
 from core.settings import Settings
 from dr_controller import metrics, store
 from dr_controller.allocation import FlexibilityTable, Target, allocate
-from dr_controller.baselines import SLOT_MIN, baseline_spec
+from dr_controller.baselines import SLOT_MIN, Calendar, baseline_spec
 from dr_controller.bus import CommandBus
 from dr_controller.events import EventSpec, EventState
 from dr_controller.fleet import (
     DeviceInfo,
     FleetSnapshot,
+    LiveState,
     ScopeFilter,
     build_resources,
     load_devices,
@@ -48,7 +49,7 @@ from dr_controller.measure import Measurement, measure
 from dr_controller.program_baseline import METER_BEFORE, program_baseline
 from dr_controller.resources import DeviceCommand, Direction, FlexibleLoad, ResourceKind, Window
 
-__all__ = ["Clock", "Controller", "LoopTuning", "WallClock"]
+__all__ = ["Clock", "Controller", "LoopTuning", "WallClock", "observed_response_kw"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,21 @@ class EventRun:
         return self.spec.direction
 
 
+def _reports_raise(live: LiveState, device_id: int | None) -> bool:
+    return device_id is not None and "load_raise_w" in live.get(device_id, {})
+
+
+def observed_response_kw(
+    ref: store.Reference, measured_kw: float, reported_kw: float | None, direction: Direction
+) -> float:
+    """What a resource gives in the event's direction: what it reports giving where it does (a
+    flexible load's curtailment or raise in force), else its measurement against its reference."""
+    if reported_kw is not None:
+        return reported_kw
+    grid_drop = measured_kw - ref.reference_kw if ref.produces else ref.reference_kw - measured_kw
+    return grid_drop if direction is Direction.REDUCE else -grid_drop
+
+
 def spec_of(row: dict[str, Any]) -> EventSpec:
     fields = EventSpec.model_fields
     return EventSpec.model_validate({k: v for k, v in row.items() if k in fields and v is not None})
@@ -138,6 +154,7 @@ class Controller:
         interval = settings.dr.control_interval_s
         self.max_age_s = tuning.max_age_s or max(30.0, 3 * interval)
         self.exclusion_s = tuning.exclusion_s or 5 * interval
+        self.calendar = Calendar(frozenset(settings.dr.holidays), frozenset(settings.dr.make_up_workdays))
         self.runs: dict[int, EventRun] = {}
         self.pending: dict[str, tuple[int, str]] = {}  # command id -> (event id, resource id)
         self.first_command_s: dict[int, float] = {}  # event id -> activation to first publish (wall s)
@@ -203,7 +220,9 @@ class Controller:
                 produces,
                 ref if ref is not None else snap.measured_kw(rid),
             )
-        baseline = await program_baseline(self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids)
+        baseline = await program_baseline(
+            self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids, self.calendar
+        )
         used, note = baseline.used, baseline.note
         await store.save_activation(self.conn, event.id, self.name, now, used, note, references.values())
         run = EventRun(event, spec, snap.devices, references, baseline.values_kw, activated_wall=started)
@@ -234,7 +253,7 @@ class Controller:
         baseline = None
         if runtime["baseline_used"] != METER_BEFORE:  # the same history gives the same baseline
             program = await program_baseline(
-                self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids
+                self.conn, spec.baseline, event.starts_at, event.ends_at, load_ids, self.calendar
             )
             baseline = program.values_kw
         run = EventRun(
@@ -258,11 +277,17 @@ class Controller:
         run.cycle += 1
         wall = time.monotonic()
         live = await read_latest(self.conn, (d.id for d in run.devices.values()), self.max_age_s)
-        # Loads are pinned too when raising: what a raise adds is not reported (see fleet).
+        # A load is pinned too when raising, unless its device reports the raise in force (see fleet):
+        # without that report its load without our raise cannot be told from the measurement.
         pinned = {
             rid: r.reference_kw
             for rid, r in run.references.items()
-            if r.produces or (run.direction is Direction.RAISE and r.kind == ResourceKind.FLEXIBLE_LOAD)
+            if r.produces
+            or (
+                run.direction is Direction.RAISE
+                and r.kind == ResourceKind.FLEXIBLE_LOAD
+                and not _reports_raise(live, r.device_id)
+            )
         }
         curtailed_for = {rid: (now - t).total_seconds() / 60 for rid, t in run.curtailed_since.items()}
         snap = build_resources(run.devices.values(), live, pinned, curtailed_for)
@@ -316,8 +341,9 @@ class Controller:
         """A resource giving clearly less than it was dispatched (a battery at its own reserve, a unit at
         its water limit) is bounded by what it gives, for a while: otherwise the integrator's extra
         allocation would keep landing on it and the shortfall would never be re-dispatched elsewhere.
-        Curtailed loads are judged by the curtailment they report, not against their drifting reference;
-        raised loads (no report of the raise) against their reference."""
+        Flexible loads are judged by what they report (curtailment or raise in force, ``FleetSnapshot.
+        reported_response_kw``), not against their reference, which their production profile drifts
+        away from; a load that does not report its direction's amount is judged against its reference."""
         if now - run.event.starts_at < timedelta(minutes=self.tuning.ramp_in_min):
             return
         for rid, sent in run.sent.items():
@@ -329,13 +355,8 @@ class Controller:
                 or rid not in snap.devices
             ):
                 continue
-            held_back = snap.live.get(snap.devices[rid].id, {}).get("curtailment_w")
-            if not ref.produces and held_back is not None and run.direction is Direction.REDUCE:
-                response = held_back / 1000
-            else:
-                grid_drop = m.per_resource_kw[rid] - ref.reference_kw
-                response = grid_drop if ref.produces else -grid_drop
-                response = response if run.direction is Direction.REDUCE else -response
+            reported = None if ref.produces else snap.reported_response_kw(rid, run.direction)
+            response = observed_response_kw(ref, m.per_resource_kw[rid], reported, run.direction)
             if response < UNDERDELIVERY * sent.dispatch_kw - 1.0:
                 run.caps[rid] = (max(0.0, response), now + timedelta(minutes=self.tuning.cap_min))
             elif response >= 0.95 * sent.dispatch_kw:

@@ -14,7 +14,10 @@ simulators' defaults, so a county seeded without attributes is modelled as it be
 - flexible load (``lixian-flexload-v1``, or ``curtailable: true``): ``floor_w`` 35 % of rated,
   ``max_curtailable_w`` 40 % of rated, ``min_duration_min`` 0, ``max_duration_min`` unlimited,
   ``rebound_fraction`` 0, ``raisable_w`` 30 % of rated (0 unless the profile is lixian-flexload-v1,
-  which has the raise control), ``max_load_w`` rated (the ceiling of a raise), ``cost_per_kwh`` 1.0;
+  which has the raise control), ``max_load_w`` rated (the ceiling of a raise), ``cost_per_kwh`` 1.0.
+  Where the device reports its own limits (telemetry ``max_curtailable_w``, ``max_raisable_w``) they
+  bound the attributes (an agreement may offer less than the device can do, never more); without
+  an attribute the reported limit stands alone, without either the default;
 - storage (kind ``battery``): ``capacity_wh`` (else telemetry ``energy_capacity_wh``, else 2 h at
   rated), ``soc_min_pct`` 10, ``soc_max_pct`` 95, ``efficiency`` 0.95, ``cost_per_kwh`` 0.5;
 - EV charging (``charge_point`` devices, grouped per site; only where the OCPP central system reports
@@ -73,6 +76,9 @@ LIVE_METRICS = (
     "discharge_limit_w",
     "energy_capacity_wh",
     "active_power_setpoint_w",
+    "load_raise_w",
+    "max_raisable_w",
+    "max_curtailable_w",
 )
 _METRIC_IDS = {metric(name).id: name for name in LIVE_METRICS}
 
@@ -105,8 +111,12 @@ class DeviceInfo:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
     def attr(self, name: str, default: float) -> float:
+        value = self.attr_or_none(name)
+        return default if value is None else value
+
+    def attr_or_none(self, name: str) -> float | None:
         value = self.attributes.get(name)
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else default
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     @property
     def resource_kind(self) -> ResourceKind | None:
@@ -207,13 +217,25 @@ def _hydro(d: DeviceInfo, live: Mapping[str, float], output_kw: float) -> HydroU
     )
 
 
+def _limit_w(
+    d: DeviceInfo, live: Mapping[str, float], attribute: str, reported: str, default: float
+) -> float:
+    """A limit from the agreed attribute and the device's own report: the lower of the two where both
+    are known, either alone, else the default."""
+    values = [
+        v for v in (d.attr_or_none(attribute), live.get(reported)) if v is not None and math.isfinite(v)
+    ]
+    return max(0.0, min(values)) if values else default
+
+
 def _flexible_load(
     d: DeviceInfo, live: Mapping[str, float], curtailed_for_min: float, reference_kw: float | None
 ) -> FlexibleLoad:
-    # The device reports what it holds back (curtailment_w): measured + held back is its load had we
-    # not curtailed it, which follows the production profile through the event. What a raise adds has
-    # no catalogue metric, so while raising the load is pinned at the event's reference instead.
-    load_kw = (live["active_power_w"] + live.get("curtailment_w", 0.0)) / 1000
+    # The device reports what it holds back (curtailment_w) and what it takes on (load_raise_w):
+    # measured + held back - taken on is its load had we commanded nothing, which follows the
+    # production profile through the event. A device that does not report its raise is pinned at the
+    # event's reference by the controller while raising (``reference_kw``).
+    load_kw = (live["active_power_w"] + live.get("curtailment_w", 0.0) - live.get("load_raise_w", 0.0)) / 1000
     if reference_kw is not None:
         load_kw = reference_kw
     raisable_default = 0.30 * d.rated_w if d.profile == FLEXLOAD_PROFILE else 0.0
@@ -223,12 +245,13 @@ def _flexible_load(
         tier=d.tier,
         load_kw=load_kw,
         floor_kw=d.attr("floor_w", 0.35 * d.rated_w) / 1000,
-        max_curtailable_kw=d.attr("max_curtailable_w", 0.40 * d.rated_w) / 1000,
+        max_curtailable_kw=_limit_w(d, live, "max_curtailable_w", "max_curtailable_w", 0.40 * d.rated_w)
+        / 1000,
         min_duration_min=d.attr("min_duration_min", 0.0),
         max_duration_min=d.attr("max_duration_min", UNLIMITED),
         curtailed_for_min=curtailed_for_min,
         rebound_fraction=d.attr("rebound_fraction", 0.0),
-        raisable_kw=d.attr("raisable_w", raisable_default) / 1000,
+        raisable_kw=_limit_w(d, live, "raisable_w", "max_raisable_w", raisable_default) / 1000,
         max_load_kw=d.attr("max_load_w", d.rated_w) / 1000,
         cost_per_kwh=d.attr("cost_per_kwh", 1.0),
     )
@@ -293,6 +316,21 @@ class FleetSnapshot:
                 if d.kind == "charge_point" and d.site == resource_id and d.id in self.live
             )
         return self.live[self.devices[resource_id].id]["active_power_w"] / 1000
+
+    def reported_response_kw(self, resource_id: str, direction: Direction) -> float | None:
+        """What a flexible load itself reports giving in ``direction`` (kW): the curtailment in force
+        less the raise for peak shaving, the raise less the curtailment for valley filling. None when
+        it is not a flexible load or does not report that direction's metric (``curtailment_w``,
+        ``load_raise_w``): then only measurement against a reference can tell."""
+        if not isinstance(self.resources.get(resource_id), FlexibleLoad):
+            return None
+        live = self.live.get(self.devices[resource_id].id, {})
+        given, taken = ("curtailment_w", "load_raise_w")
+        if direction is Direction.RAISE:
+            given, taken = taken, given
+        if given not in live:
+            return None
+        return (live[given] - live.get(taken, 0.0)) / 1000
 
 
 def build_resources(

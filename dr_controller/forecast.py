@@ -5,9 +5,10 @@ Pure functions over day profiles (96 × 15-minute kW values per local day, NaN w
 
 **Load** (``similar_days_v1``): the weighted mean of the last ``days`` similar days before the target
 day (similar = the same type, working or not, on the Chinese calendar with its holidays and make-up
-days), each older day weighted ``decay`` times the next newer one; then a level adjustment: the most
-recent complete day (at most ``level_reference_days`` back) is forecast the same way from the days
-before it, and ``level_gain`` of its relative miss (actual over forecast mean; the factor capped to
+days, and not a day a demand-response event ran: a curtailed or raised day says nothing about normal
+load), each older day weighted ``decay`` times the next newer one; then a level adjustment: the most
+recent complete non-event day (at most ``level_reference_days`` back) is forecast the same way from
+the days before it, and ``level_gain`` of its relative miss (actual over forecast mean; the factor capped to
 1 ± ``level_cap``) scales the target day's profile, so a lasting change of level shows up faster
 than the weights alone would let it. A day with at most ``max_missing`` missing intervals counts,
 filled by interpolation.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -125,13 +126,17 @@ def usable_day(profile: FloatArray | None, max_missing: int) -> FloatArray | Non
 
 
 def _similar(
-    profiles: DayProfiles, day: date, calendar: Calendar, spec: LoadForecastSpec
+    profiles: DayProfiles,
+    day: date,
+    calendar: Calendar,
+    spec: LoadForecastSpec,
+    excluded: Collection[date] = frozenset(),
 ) -> list[tuple[date, FloatArray]]:
     working = calendar.is_working_day(day)
     found: list[tuple[date, FloatArray]] = []
     for back in range(1, spec.lookback_days + 1):
         d = day - timedelta(days=back)
-        if calendar.is_working_day(d) != working:
+        if calendar.is_working_day(d) != working or d in excluded:
             continue
         profile = usable_day(profiles.get(d), spec.max_missing)
         if profile is not None:
@@ -148,16 +153,23 @@ def _weighted(similar: Sequence[tuple[date, FloatArray]], decay: float) -> tuple
     return np.einsum("i,ij->j", weights, stacked), weights
 
 
-def _level(profiles: DayProfiles, day: date, calendar: Calendar, spec: LoadForecastSpec) -> float:
-    """1 + gain × (actual ÷ forecast − 1) of the most recent complete day before ``day``, capped."""
+def _level(
+    profiles: DayProfiles,
+    day: date,
+    calendar: Calendar,
+    spec: LoadForecastSpec,
+    excluded: Collection[date] = frozenset(),
+) -> float:
+    """1 + gain × (actual ÷ forecast − 1) of the most recent complete non-event day before ``day``,
+    capped."""
     if spec.level_gain == 0:
         return 1.0
     for back in range(1, spec.level_reference_days + 1):
         ref = day - timedelta(days=back)
-        actual = usable_day(profiles.get(ref), spec.max_missing)
+        actual = None if ref in excluded else usable_day(profiles.get(ref), spec.max_missing)
         if actual is None:
             continue
-        similar = _similar(profiles, ref, calendar, spec)
+        similar = _similar(profiles, ref, calendar, spec, excluded)
         if len(similar) < spec.min_days:
             return 1.0
         expected = float(_weighted(similar, spec.decay)[0].mean())
@@ -174,17 +186,19 @@ def forecast_load(
     day: date,
     calendar: Calendar = PLAIN_WEEK,
     spec: LoadForecastSpec = LoadForecastSpec(),
+    excluded: Collection[date] = frozenset(),
 ) -> LoadForecast:
-    """The load profile of ``day`` from the days before it (nothing of ``day`` itself is used)."""
-    similar = _similar(profiles, day, calendar, spec)
+    """The load profile of ``day`` from the days before it (nothing of ``day`` itself is used), leaving
+    out the ``excluded`` days (past event days)."""
+    similar = _similar(profiles, day, calendar, spec, excluded)
     if len(similar) < spec.min_days:
         kind = "working" if calendar.is_working_day(day) else "non-working"
         raise InsufficientHistory(
-            f"{len(similar)} usable {kind} days in the {spec.lookback_days} days before {day}"
+            f"{len(similar)} usable {kind} non-event days in the {spec.lookback_days} days before {day}"
             f" (need {spec.min_days})"
         )
     base, weights = _weighted(similar, spec.decay)
-    level = _level(profiles, day, calendar, spec)
+    level = _level(profiles, day, calendar, spec, excluded)
     return LoadForecast(day, base * level, tuple(d for d, _ in similar), tuple(map(float, weights)), level)
 
 

@@ -5,13 +5,15 @@ The same resource models as the live register (``report.capacity_register``), ea
 point the forecasts expect instead of its latest reading:
 
 - flexible loads and EV charging: the device's forecast mean load over the window, from its own history
-  (``forecast.forecast_load``), so curtailable load scales with the load expected then;
+  (``forecast.forecast_load``), so curtailable load scales with the load expected then (bounded by the
+  load's own limit as last reported, ``max_curtailable_w``, where it reports one);
 - hydro: the forecast mean output over the window; its headroom up to rated is bounded by the water as
   last reported (reservoir level and inflow, no older than ``state_max_age_s``), assumed unchanged;
 - storage, by its SoC plan: charged to ``planned_soc_pct`` (attribute; else its ``soc_max_pct``, 95)
   by the window, idle before it; no history needed.
 
-A device without the history for a forecast is left out with the reason, as are tier 0 (protected)
+Load history leaves out past event days, as the issued forecasts do. A device without the history
+for a forecast is left out with the reason, as are tier 0 (protected)
 devices. The window is given, or else the peak of the county's latest load forecast for the day.
 """
 
@@ -35,12 +37,17 @@ from dr_controller.forecast import (
     slot_start,
 )
 from dr_controller.forecast_store import group_profiles, read_forecasts
+from dr_controller.program_baseline import past_event_days
 from dr_controller.report import COUNTY_AIM_KW, CapacityRegister
 from dr_controller.resources import Direction, ResourceKind, Window
 
 __all__ = ["DayAheadRegister", "NoWindow", "day_ahead_register", "forecast_peak"]
 
 FORECAST_KINDS = (ResourceKind.FLEXIBLE_LOAD, ResourceKind.EV_CHARGING, ResourceKind.HYDRO)
+LATEST_KINDS = (ResourceKind.HYDRO, ResourceKind.STORAGE, ResourceKind.FLEXIBLE_LOAD)
+# What a flexible load's latest reading still says about the window: its own limits, not its operating
+# point.
+LOAD_LIMITS = ("max_curtailable_w", "max_raisable_w")
 _SPEC = LoadForecastSpec()
 
 
@@ -107,15 +114,15 @@ async def day_ahead_register(
     devices = await load_devices(conn, ScopeFilter())
     needs_history = [d for d in devices if d.resource_kind in FORECAST_KINDS and d.tier != 0]
     forecast_ids = {d.id for d in needs_history}
-    history = await group_profiles(
-        conn,
-        {d.id: [d.id] for d in needs_history},
+    first, last = (
         day - timedelta(days=spec.lookback_days + spec.level_reference_days),
         day - timedelta(days=1),
     )
+    history = await group_profiles(conn, {d.id: [d.id] for d in needs_history}, first, last)
+    event_days = await past_event_days(conn, first, last)
     latest = await read_latest(
         conn,
-        (d.id for d in devices if d.resource_kind in (ResourceKind.HYDRO, ResourceKind.STORAGE)),
+        (d.id for d in devices if d.resource_kind in LATEST_KINDS),
         state_max_age_s,
     )
     planned: dict[int, dict[str, float]] = {}
@@ -125,11 +132,13 @@ async def day_ahead_register(
             planned[d.id] = _planned_state(d, latest.get(d.id, {}))
         elif d.id in forecast_ids:
             try:
-                profile = forecast_load(history[d.id], day, calendar, spec).kw
+                profile = forecast_load(history[d.id], day, calendar, spec, event_days).kw
             except InsufficientHistory as err:
                 no_history[d.key] = f"no day-ahead forecast: {err}"
                 continue
             state = dict(latest.get(d.id, {}))
+            if d.resource_kind is ResourceKind.FLEXIBLE_LOAD:
+                state = {k: v for k, v in state.items() if k in LOAD_LIMITS}
             planned[d.id] = state | {
                 "active_power_w": float(np.mean(profile[window])) * 1000,
                 "curtailment_w": 0.0,

@@ -9,6 +9,10 @@ What a site's load is (the registry does not say where a meter sits, so this is 
 - a site without meters: the sum of its loads and charge points;
 - a site with neither (a hydro station): no load series.
 
+Load history leaves out the days a demand-response event ran (``program_baseline.past_event_days``,
+whatever the event's scope, as the program baselines do): a curtailed or raised day is no guide to
+normal load. PV history keeps them (no event touches PV output).
+
 The county series is the sum of the site series issued with it, not a forecast of the county's
 aggregate history: a site missing data then costs only its own series instead of every interval of
 the aggregate (an aggregate interval needs every device), the towns and the county add up, and
@@ -18,7 +22,7 @@ the errors of the sites partly cancel in the sum anyway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -48,6 +52,7 @@ from dr_controller.forecast import (
     pv_basis,
     pv_error,
 )
+from dr_controller.program_baseline import past_event_days
 
 __all__ = [
     "ErrorRow",
@@ -237,13 +242,14 @@ def _load_series(
     calendar: Calendar,
     spec: LoadForecastSpec,
     skipped: dict[str, str],
+    event_days: Collection[date] = frozenset(),
 ) -> list[Series]:
     series = []
     for s in sites:
         if not s.load_devices:
             continue
         try:
-            fc = forecast_load(history[s.site_id], day, calendar, spec)
+            fc = forecast_load(history[s.site_id], day, calendar, spec, event_days)
         except InsufficientHistory as err:
             skipped[f"{s.key}/load"] = str(err)
             continue
@@ -308,9 +314,11 @@ async def issue_day_ahead(
     cloud_cover: Sequence[float] | None = None,
     calendar: Calendar = PLAIN_WEEK,
     spec: LoadForecastSpec = DEFAULT_LOAD_SPEC,
+    issued_at: datetime | None = None,
 ) -> IssuedForecast:
     """Forecast ``target_day`` for every site (and the county) from the history before it, and store
-    the series in one transaction. ``cloud_cover``: 24 hourly or 96 quarter-hourly fractions."""
+    the series in one transaction. ``cloud_cover``: 24 hourly or 96 quarter-hourly fractions;
+    ``issued_at``: the issuer's clock (default: the database's)."""
     cloud = cloud_slots(cloud_cover) if cloud_cover is not None else None
     sites = await load_sites(conn)
     first = target_day - timedelta(days=spec.lookback_days + spec.level_reference_days)
@@ -322,24 +330,28 @@ async def issue_day_ahead(
         target_day - timedelta(days=PV_CALIBRATION_DAYS),
         last,
     )
+    event_days = await past_event_days(conn, first, last)
     skipped: dict[str, str] = {}
-    loads = _load_series(sites, load_history, target_day, calendar, spec, skipped)
+    loads = _load_series(sites, load_history, target_day, calendar, spec, skipped, event_days)
     pvs = _pv_series(sites, pv_history, target_day, cloud)
     series = loads + pvs
     county: list[tuple[Kind, list[Series], str]] = [("load", loads, METHOD_LOAD), ("pv", pvs, METHOD_PV)]
     for kind, members, method in county:
         total = _county(kind, members, method)
         if total is not None:
+            if kind == "load":
+                total.detail["event_days_excluded"] = sorted(event_days)
             series.append(total)
     if cloud is not None:
         for s in series:
             if s.kind == "pv" and s.site_id is None:
                 s.detail["cloud_cover"] = [round(float(c), 4) for c in cloud[::4]]
     async with conn.transaction():
-        cur = await conn.execute("SELECT now()")
-        row = await cur.fetchone()
-        assert row is not None
-        issued_at: datetime = row[0]
+        if issued_at is None:
+            cur = await conn.execute("SELECT now()")
+            row = await cur.fetchone()
+            assert row is not None
+            issued_at = row[0]
         async with conn.cursor() as c:
             await c.executemany(
                 "INSERT INTO forecasts (issued_at, target_day, site_id, kind, method, kw, detail)"

@@ -205,13 +205,13 @@ class FlexibleLoad:
     tier: int
     load_kw: float  # reference consumption when the event started (before any curtailment of ours)
     floor_kw: float  # the process cannot go below this
-    max_curtailable_kw: float = UNLIMITED  # the device's own limit (its max_curtailable register)
+    max_curtailable_kw: float = UNLIMITED  # the device's limit (max_curtailable_w), or the agreed one
     min_duration_min: float = 0.0  # once curtailed, held at least this long (the dispatcher honours it)
     max_duration_min: float = UNLIMITED  # never curtailed longer than this in one event
     curtailed_for_min: float = 0.0  # how long it has been curtailed in this event
     rebound_fraction: float = 0.0  # share of the curtailed energy consumed again after release
     rebound_min: float = 60.0  # over how long the rebound comes back
-    raisable_kw: float = 0.0  # extra load the enterprise can take on for valley filling
+    raisable_kw: float = 0.0  # extra load it can take on for valley filling (device and agreement)
     max_load_kw: float = UNLIMITED  # the ceiling a raise stops at (the site's contracted capacity)
     ramp_kw_per_min: float = UNLIMITED
     cost_per_kwh: float = 1.0
@@ -229,7 +229,8 @@ class FlexibleLoad:
 
     def raise_headroom_kw(self, window: Window) -> float:
         """What it can take on: its raisable power, below the ceiling (``load_kw`` is the load without
-        our raise: the controller pins it at the event's reference)."""
+        our raise: from the raise the device reports, or pinned at the event's reference where the
+        device reports none)."""
         if not self._can_hold(window):
             return 0.0
         return _positive(min(self.raisable_kw, self.max_load_kw - self.load_kw))

@@ -9,6 +9,9 @@ so two controllers overlap at most by the one cycle in flight. A takeover resume
 the tables (references, integrator, touched resources) and re-sends every command, renewing the holds;
 devices whose commands are not renewed fall back by themselves when their ``hold_s`` runs out.
 
+The leader also issues tomorrow's day-ahead forecasts every day and reports yesterday's error
+(``forecast_schedule``, unless ``dr.forecast_daily`` is off), beside the control cycle, never in it.
+
 CLI: ``lishui dr`` runs ``core.service.run(lambda: run_dr_controller(settings))``.
 """
 
@@ -19,16 +22,20 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiomqtt
 import psycopg
 
 from core import mqtt as core_mqtt
+from core.payloads import utcnow
 from core.settings import Settings
 from dr_controller import metrics
 from dr_controller.bus import CommandBus
 from dr_controller.controller import Clock, Controller, LoopTuning, WallClock
+from dr_controller.forecast_schedule import run_daily_forecasts
 
 __all__ = ["LeadershipLost", "run_dr_controller"]
 
@@ -78,7 +85,12 @@ async def _check_lock(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def _lead(
-    settings: Settings, lock_conn: psycopg.AsyncConnection[Any], name: str, clock: Clock, tuning: LoopTuning
+    settings: Settings,
+    lock_conn: psycopg.AsyncConnection[Any],
+    name: str,
+    clock: Clock,
+    tuning: LoopTuning,
+    wall: Callable[[], datetime],
 ) -> None:
     """Run control cycles until the lock connection fails (LeadershipLost) or cancellation."""
     interval = settings.dr.control_interval_s
@@ -90,7 +102,9 @@ async def _lead(
         await bus.subscribe_results()
         controller = Controller(settings, conn, bus, clock, name, tuning)
         async with asyncio.TaskGroup() as tg:
-            listener = tg.create_task(bus.serve_results(controller.on_result), name="dr-results")
+            side = [tg.create_task(bus.serve_results(controller.on_result), name="dr-results")]
+            if settings.dr.forecast_daily:
+                side.append(tg.create_task(run_daily_forecasts(settings, wall), name="dr-forecasts"))
             try:
                 next_at = time.monotonic()
                 while True:
@@ -114,7 +128,8 @@ async def _lead(
                     if next_at < time.monotonic() - interval:  # ran over: do not queue cycles up
                         next_at = time.monotonic()
             finally:
-                listener.cancel()
+                for task in side:
+                    task.cancel()
 
 
 async def run_dr_controller(
@@ -123,8 +138,10 @@ async def run_dr_controller(
     name: str | None = None,
     clock: Clock | None = None,
     tuning: LoopTuning | None = None,
+    wall: Callable[[], datetime] = utcnow,
 ) -> None:
-    """Entry point: stand by for the leader lock, lead while holding it, stand by again if it is lost."""
+    """Entry point: stand by for the leader lock, lead while holding it, stand by again if it is lost.
+    ``clock`` is the event clock; ``wall`` the clock of the daily forecasts (tests may shift it)."""
     name = name or default_name()
     clock = clock or WallClock()
     tuning = tuning or LoopTuning()
@@ -138,7 +155,7 @@ async def run_dr_controller(
                 metrics.TAKEOVERS.inc()
                 log.info("leader", extra={"controller": name})
                 try:
-                    await _lead(settings, lock_conn, name, clock, tuning)
+                    await _lead(settings, lock_conn, name, clock, tuning, wall)
                 finally:
                     metrics.LEADER.set(0)
         except* (LeadershipLost, psycopg.OperationalError, aiomqtt.MqttError) as group:

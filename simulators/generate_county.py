@@ -62,6 +62,18 @@ LOAD_TYPES: list[tuple[str, str, str, int, int]] = [
     ("food", "澧县食品", "one_shift", 300, 1200),
     ("cement-grinding", "澧县建材", "two_shift", 1500, 3500),
 ]
+# Valley filling (填谷) by load type: (most a raise can add, share of rated; the contracted ceiling a
+# raise stops at, share of rated). Derived from the type, not drawn, so the rest of the county stays as
+# it was generated.
+VALLEY_FILLING: dict[str, tuple[float, float]] = {
+    "kiln": (0.10, 1.05),  # continuous firing: only a little more through the kiln
+    "machining": (0.20, 1.0),  # batches of the day shift brought forward into the night
+    "textile": (0.20, 1.0),
+    "coldstore": (0.35, 1.3),  # pre-cooling stores cold in the goods: above its usual (flat) draw
+    "chemicals": (0.15, 1.1),  # electrolysis run harder at night
+    "food": (0.25, 1.0),  # boilers and cold rooms ahead of the shift
+    "cement-grinding": (0.50, 1.0),  # grinding into the silos: the classic valley load
+}
 
 # Small hydro on the Li river tributaries: site key, name, town, units (kW), head m
 HYDRO: list[tuple[str, str, str, list[int], float]] = [
@@ -206,7 +218,12 @@ def county() -> dict[str, Any]:
                     vendor,
                     f"{kind_name} line {i}",
                     rated_kw * 1000,
-                    {"shape": shape, "max_curtailable_w": round(rated_kw * 1000 * rng.uniform(0.3, 0.5))},
+                    {
+                        "shape": shape,
+                        "max_curtailable_w": round(rated_kw * 1000 * rng.uniform(0.3, 0.5)),
+                        "max_raisable_w": round(rated_kw * 1000 * VALLEY_FILLING[kind_name][0]),
+                        "max_load_w": round(rated_kw * 1000 * VALLEY_FILLING[kind_name][1]),
+                    },
                 )
             )
         base_w = round(park_peak_w * 0.15, -3)

@@ -107,6 +107,10 @@ class LoadSim(_Strict):
     shape: Literal["two_shift", "one_shift", "continuous", "essential", "flat"] = "two_shift"
     floor_w: float | None = Field(default=None, ge=0)  # default: 35 % of rated
     max_curtailable_w: float | None = Field(default=None, ge=0)  # default: 40 % of rated
+    # Valley filling: the most a load-raise setpoint may add (default: 30 % of rated), and the ceiling a
+    # raise stops at, the site's contracted capacity for this load (default: rated).
+    max_raisable_w: float | None = Field(default=None, ge=0)
+    max_load_w: float | None = Field(default=None, gt=0)
     power_factor: float = Field(default=0.90, gt=0, le=1)
     nominal_v: float | None = Field(default=None, gt=0)
     noise: float = Field(default=0.02, ge=0, le=0.2)

@@ -19,6 +19,15 @@ def test_catalogue_ids_and_names_are_unique() -> None:
     assert len({m.name for m in CATALOGUE}) == len(CATALOGUE)
 
 
+def test_catalogue_ids_are_appended_and_stay_put() -> None:
+    ids = [m.id for m in CATALOGUE]
+    assert ids == sorted(ids)  # new metrics go at the end
+    # Ids stored in telemetry (a few, as witnesses): renumbering would silently relabel history.
+    pinned = {"active_power_w": 1, "curtailment_w": 29, "load_raise_w": 35, "max_raisable_w": 36}
+    assert {name: BY_NAME[name].id for name in pinned} == pinned
+    assert BY_NAME["max_curtailable_w"].id == 37
+
+
 def test_topic_round_trip() -> None:
     t = topics.topic("xdk-park", "pv-1", topics.Channel.CMD_RESULT, root="r")
     assert t == "r/v1/xdk-park/pv-1/cmd/result"

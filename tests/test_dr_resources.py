@@ -7,6 +7,7 @@ import math
 import pytest
 
 from core.topics import SITE_TARGET
+from dr_controller.fleet import DeviceInfo, build_resources
 from dr_controller.resources import (
     Direction,
     EvChargingSite,
@@ -165,3 +166,46 @@ def test_flexibility_rejects_nonsense() -> None:
         Flexibility("x", ResourceKind.STORAGE, None, math.nan, 1)
     with pytest.raises(ValueError):
         Window(remaining_min=0)
+
+
+def flexload_device(key: str = "fl", rated_w: float = 1e6, **attrs: float) -> DeviceInfo:
+    return DeviceInfo(11, key, "park", 1, "load", "lixian-flexload-v1", rated_w, 4, "lidan", attrs)
+
+
+def test_a_flexible_loads_limits_come_from_its_telemetry_bounded_by_the_agreement() -> None:
+    reported = {"active_power_w": 600_000.0, "max_raisable_w": 120_000.0, "max_curtailable_w": 250_000.0}
+    cases = [
+        ({}, {"active_power_w": 600_000.0}, 300, 400),  # neither: the defaults, 30 % and 40 % of rated
+        ({}, reported, 120, 250),  # the device's own limits
+        ({"raisable_w": 200_000, "max_curtailable_w": 300_000}, reported, 120, 250),  # device binds
+        ({"raisable_w": 80_000, "max_curtailable_w": 100_000}, reported, 80, 100),  # agreement binds
+    ]
+    for attrs, live, raisable_kw, curtailable_kw in cases:
+        d = flexload_device(**attrs)
+        model = build_resources([d], {d.id: live}).resources[d.key]
+        assert isinstance(model, FlexibleLoad)
+        assert model.raisable_kw == pytest.approx(raisable_kw), attrs
+        assert model.max_curtailable_kw == pytest.approx(curtailable_kw), attrs
+        # The command never asks more than the device's own limit (the gateway would refuse it).
+        up = model.command(Direction.RAISE, 10_000, hold_s=60).command.args["watts"]
+        assert up == pytest.approx(raisable_kw * 1000)
+
+
+def test_a_reported_raise_gives_the_load_without_it_and_the_response_in_each_direction() -> None:
+    d = flexload_device()
+    raised = {"active_power_w": 750_000.0, "curtailment_w": 0.0, "load_raise_w": 150_000.0}
+    snap = build_resources([d], {d.id: raised})
+    model = snap.resources[d.key]
+    assert isinstance(model, FlexibleLoad) and model.load_kw == pytest.approx(600)  # 750 - 150 raised
+    # Headroom below the ceiling (rated) is from the load without the raise: min(300, 1000 - 600).
+    assert model.flexibility(Direction.RAISE, HOUR, 150).available_kw == pytest.approx(300)
+    assert snap.reported_response_kw(d.key, Direction.RAISE) == pytest.approx(150)
+    assert snap.reported_response_kw(d.key, Direction.REDUCE) == pytest.approx(-150)  # the wrong way
+    curtailed = build_resources([d], {d.id: {"active_power_w": 500_000.0, "curtailment_w": 100_000.0}})
+    assert curtailed.reported_response_kw(d.key, Direction.REDUCE) == pytest.approx(100)
+    assert curtailed.reported_response_kw(d.key, Direction.RAISE) is None  # no raise reported
+    pinned = build_resources([d], {d.id: raised}, references={d.key: 640.0}).resources[d.key]
+    assert isinstance(pinned, FlexibleLoad) and pinned.load_kw == 640  # a pinned reference wins
+    bess = DeviceInfo(12, "b", "park", 1, "battery", "sunspec-battery", 5e5, 4, None, {})
+    both = build_resources([d, bess], {d.id: raised, bess.id: {"active_power_w": 0.0, "soc_pct": 50}})
+    assert both.reported_response_kw("b", Direction.RAISE) is None  # only flexible loads report one

@@ -27,7 +27,11 @@ import pytest
 
 from core import topics
 from core.settings import DrSettings, IngestSettings, Settings
-from dr_controller.controller import LoopTuning
+from dr_controller import store
+from dr_controller.controller import Controller, EventRun, LoopTuning, Sent, spec_of
+from dr_controller.fleet import DeviceInfo, build_resources
+from dr_controller.measure import measure
+from dr_controller.resources import Direction
 from dr_controller.service import run_dr_controller
 from gateway.service import run_gateway
 from ingest.service import run_ingest
@@ -300,6 +304,15 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
         refused = await cur.fetchone()
         cur = await conn.execute("SELECT state FROM dr_events WHERE id = %s", (event_id,))
         state = await cur.fetchone()
+        # The loads report their raise and their limit (registers 15-16 and 13-14 through the gateway):
+        # the controller judged and bounded the raises by these.
+        cur = await conn.execute(
+            "SELECT m.name, max(t.value) FROM telemetry t JOIN devices d ON d.id = t.device_id"
+            " JOIN metrics m ON m.id = t.metric_id WHERE d.key = %s"
+            " AND m.name IN ('load_raise_w', 'max_raisable_w') AND t.ts >= %s GROUP BY 1",
+            (f"vf-load-c-{TAG}", park.wall_of(starts_at)),
+        )
+        reported = dict(await cur.fetchall())
     restored = await _restored(park)
     print(f"\nintervals (slot, target kW, delivered kW, cycles): {intervals}")
     print(f"raise from raw telemetry per interval: {[round(x) for x in independent]}")
@@ -318,6 +331,8 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
     assert {"set_output_setpoint", "set_battery_power", "set_load_raise"} <= ops, ops
     raised_loads = {rid for (rid, op), v in dispatches.items() if op == "set_load_raise" and v[2] > 0}
     assert f"vf-load-c-{TAG}" in raised_loads and raised_loads & {f"vf-load-a-{TAG}", f"vf-load-b-{TAG}"}
+    assert reported["max_raisable_w"] == 150_000  # 30 % of rated, the simulator's default
+    assert reported["load_raise_w"] >= 0.95 * dispatches[(f"vf-load-c-{TAG}", "set_load_raise")][2] * 1000
     tier0 = [(s, d) for s, d, _ in park.commands if park.tier_of_site(s) == 0]
     assert not tier0, f"commands to tier-0 devices: {tier0}"
     water: Any = park.fleet.device(f"vf-load-w-{TAG}")
@@ -333,3 +348,47 @@ async def _restored(park: Park, within: float = 15.0) -> bool:
             return False
         await asyncio.sleep(0.5)
     return True
+
+
+def test_raised_loads_are_judged_by_the_raise_they_report_not_their_drifting_reference() -> None:
+    """Mid-event, three loads were each dispatched a 100 kW raise while their production profiles fell
+    by 80 kW: one reports the full raise (delivering: never bounded), one reports 40 kW (the device's
+    ceiling: bounded at what it gives, so the shortfall goes elsewhere), and one reports no raise at
+    all (judged by measurement against its reference: 20 kW up, bounded)."""
+    start = datetime(2026, 7, 15, 2, 0, tzinfo=UTC)
+    row = {
+        "id": 1,
+        "kind": "valley_filling",
+        "target_kw": 300.0,
+        "starts_at": start,
+        "ends_at": start + timedelta(hours=1),
+        "notice": "intraday",
+        "scope": "county",
+        "baseline": "meter_before_15min",
+        "state": "active",
+    }
+    devices = {
+        key: DeviceInfo(i, key, "park", 1, "load", "lixian-flexload-v1", 1e6, 4, None, {})
+        for i, key in enumerate(("full", "short", "silent"), start=1)
+    }
+    refs = {key: store.Reference(key, d.id, "flexible_load", False, 500.0) for key, d in devices.items()}
+    run = EventRun(store.EventRecord(row), spec_of(row), devices, refs, None)
+    run.sent = {key: Sent(100.0, 0.0) for key in devices}
+    live = {
+        devices["full"].id: {"active_power_w": 520_000.0, "load_raise_w": 100_000.0},
+        devices["short"].id: {"active_power_w": 460_000.0, "load_raise_w": 40_000.0},
+        devices["silent"].id: {"active_power_w": 520_000.0},
+    }
+    snap = build_resources(devices.values(), live, {"silent": 500.0})
+    m = measure(
+        Direction.RAISE,
+        {k: (False, r.reference_kw) for k, r in refs.items()},
+        {k: snap.measured_kw(k) for k in devices},
+    )
+    ctl = Controller.__new__(Controller)
+    ctl.tuning = LoopTuning(ramp_in_min=5, cap_min=10)
+    now = start + timedelta(minutes=20)
+    ctl._cap_underdelivery(run, snap, now, m)
+    assert set(run.caps) == {"short", "silent"}, run.caps
+    assert run.caps["short"] == (pytest.approx(40.0), now + timedelta(minutes=10))
+    assert run.caps["silent"][0] == pytest.approx(20.0)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
 from simulators import generate_county
-from simulators.scenario import TOWN_KEYS, Scenario, load_scenario, peak_shaving_capacity_w
+from simulators.clock import SimClock
+from simulators.devices.factory import build_device
+from simulators.physics.profiles import CST
+from simulators.scenario import TOWN_KEYS, LoadSim, Scenario, load_scenario, peak_shaving_capacity_w
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MIGRATION = Path(__file__).parent.parent / "core" / "migrations" / "0002_towns.sql"
@@ -64,6 +69,27 @@ def test_county_peak_shaving_capacity_is_at_least_18_mw() -> None:
     # hydro: rated - typical output; loads: curtailable at the profile's peak, above the process floor
     assert capacity["hydro_w"] > 5e6 and capacity["load_w"] > 5e6
     assert capacity["hydro_and_load_w"] >= 18e6
+
+
+def test_county_loads_carry_valley_filling_limits_the_simulators_honour() -> None:
+    s = load_scenario("county")
+    clock = SimClock(factor=0, start=datetime(2026, 7, 15, 2, 0, tzinfo=CST))  # a weekday night
+    night_raise_w = 0.0
+    loads = [d for d in s.devices if d.kind == "load"]
+    assert loads
+    for d in loads:
+        sim = d.sim_params()
+        assert isinstance(sim, LoadSim)
+        assert sim.max_raisable_w is not None and 0 < sim.max_raisable_w <= 0.5 * d.rated_power_w, d.key
+        assert sim.max_load_w is not None and d.rated_power_w <= sim.max_load_w <= 1.3 * d.rated_power_w
+        device: Any = build_device(d, None, clock)
+        assert device.physics.p.max_raisable == sim.max_raisable_w  # not the 30 % default
+        assert device.physics.p.ceiling == sim.max_load_w
+        device.sync()
+        night_raise_w += max(0.0, min(sim.max_raisable_w, sim.max_load_w - device.physics.baseline_w))
+    # What the county's flexible loads can take on at night (valley filling): several MW, though less
+    # than their rated power.
+    assert 5e6 < night_raise_w < 0.5 * sum(d.rated_power_w for d in loads)
 
 
 def test_county_yaml_is_what_the_generator_makes(tmp_path: Path) -> None:
@@ -148,6 +174,21 @@ def test_load_by_path_and_unknown_name(tmp_path: Path) -> None:
         ({"sites": [{"key": "s1", "name": "S", "town": "atlantis"}]}, "town"),
         ({"start": "2025-06-21T04:00:00"}, "timezone"),
         ({"sites": [{"key": "Bad Key", "name": "S", "town": "linan"}]}, "pattern"),
+        (
+            {
+                "devices": [
+                    {
+                        "key": "d1",
+                        "site": "s1",
+                        "kind": "load",
+                        "profile": "lixian-flexload-v1",
+                        "rated_power_w": 1000,
+                        "sim": {"max_raisable_w": -1},
+                    }
+                ]
+            },
+            "max_raisable_w",
+        ),
     ],
 )
 def test_invalid_scenarios_are_rejected(change: dict[str, object], message: str) -> None:
