@@ -11,11 +11,18 @@ ingest process, end to end; against two yardsticks on the same kind of rows:
     .venv/bin/python bench/ingest.py            # 10,000 devices, 5 M readings (about 2 minutes)
     .venv/bin/python bench/ingest.py --quick    # 2,000 devices, 0.5 M readings (about 20 s)
 
+The fleet publishes the binary telemetry encoding (core.payloads, for high-volume publishers); the e2e
+phase is then run again on the same rows with JSON payloads (the gateway's default), to show what the
+encoding buys (``--encoding json`` measures JSON only; ``--no-json`` skips the second phase).
+
 Everything is throwaway: a database ``lishui_bench_<run>`` (created, migrated, dropped), a topic root and
 share group of the run's own, and by default a Mosquitto of its own on a free port (``--broker own``: the
 same binary, no persistence, ``max_queued_messages 0``), so other work on the shared broker neither
 disturbs nor is disturbed; ``--broker system`` uses 127.0.0.1:1883 instead. Publishers run in processes of
-their own (paho, QoS 1), and so does the ingest service (the real ``IngestService``): no two share a GIL.
+their own, and so does the ingest service (the real ``IngestService``): no two share a GIL. A publisher
+is a minimal MQTT 3.1.1 client (QoS 1, packets encoded up front, every PUBACK matched to its message):
+a real fleet publishes from its own machines, and paho's client (``--publisher paho``) took about a
+third of the 2 cores away from the system under test.
 
 Besides rates it reports CPU seconds per process group (from /proc), the ingest process's threads and
 peak RSS (VmHWM), the writer's own counters, and what the PostgreSQL backends were doing (pg_stat_activity
@@ -25,7 +32,7 @@ what the rollup refresh or the batch size costs.
 Ends with ONE JSON line: e2e_per_s, raw_copy_per_s, naive_per_s (hobby design: one INSERT per reading),
 naive_batched_per_s (one INSERT per 50-reading message), ratio_raw (e2e/raw), ratio_naive (e2e/naive),
 ratio_naive_batched, peak_rss_mb, readings, lost (published minus committed; exit status 1 unless 0),
-and more.
+encoding, e2e_json_per_s and ratio_raw_json (the JSON phase), and more.
 """
 
 from __future__ import annotations
@@ -62,7 +69,14 @@ from paho.mqtt.properties import Properties
 
 from core import db, registry
 from core.metrics import CATALOGUE
-from core.payloads import PayloadError, Sample, TelemetryBatch, decode, encode
+from core.payloads import (
+    PayloadError,
+    Sample,
+    TelemetryBatch,
+    TelemetryEncoding,
+    decode_telemetry,
+    encode_telemetry,
+)
 from core.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
 from core.topics import Channel, topic
 
@@ -90,6 +104,7 @@ class Plan:
     period_s: float
     start: datetime
     one_reading: bool = False  # one reading per message (the hobby design): ``samples`` must be 1
+    encoding: str = "json"  # of the telemetry payloads (core.payloads.TelemetryEncoding)
 
     @property
     def total_messages(self) -> int:
@@ -122,7 +137,8 @@ def make_payload(plan: Plan, device: int, seq: int) -> bytes:
         n, j = divmod(seq, len(METRICS))
         value = float((device * 7 + n * 13 + j * 101) % 5000) / 10.0
         ts = plan.start + timedelta(seconds=n * plan.period_s)
-        return encode(TelemetryBatch(seq=seq, samples=[Sample(ts=ts, values={METRICS[j]: value})]))
+        one = TelemetryBatch(seq=seq, samples=[Sample(ts=ts, values={METRICS[j]: value})])
+        return encode_telemetry(one, plan.encoding)
     samples = []
     for k in range(plan.samples):
         n = seq * plan.samples + k
@@ -130,7 +146,7 @@ def make_payload(plan: Plan, device: int, seq: int) -> bytes:
             name: float((device * 7 + n * 13 + j * 101) % 5000) / 10.0 for j, name in enumerate(METRICS)
         }
         samples.append(Sample(ts=plan.start + timedelta(seconds=n * plan.period_s), values=values))
-    return encode(TelemetryBatch(seq=seq, samples=samples))
+    return encode_telemetry(TelemetryBatch(seq=seq, samples=samples), plan.encoding)
 
 
 # -- process accounting (/proc, no psutil) -------------------------------------------------------
@@ -394,15 +410,96 @@ class PublishResult:
     cpu_s: float
 
 
-def _publisher(broker: Broker, root: str, plan: Plan, shard: int, shards: int, pipe: Connection) -> None:
-    """Child: encode this shard's messages, say ready, publish them all at QoS 1 when told, as fast as the
-    broker acknowledges; report; stay alive (for CPU accounting) until told to exit."""
+def _shard_messages(root: str, plan: Plan, shard: int, shards: int) -> list[tuple[str, bytes]]:
     devices = range(shard, plan.devices, shards)
-    messages = [
+    return [
         (topic(site_key(plan, d), device_key(d), Channel.TELEMETRY, root=root), make_payload(plan, d, seq))
         for seq in range(plan.messages)
         for d in devices
     ]
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    return bytes([first_byte]) + _remaining_length(len(body)) + body
+
+
+def _mqtt_string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _raw_publisher(broker: Broker, root: str, plan: Plan, shard: int, shards: int, pipe: Connection) -> None:
+    """Child: the fleet's share ``shard`` as a minimal MQTT 3.1.1 client: PUBLISH packets (QoS 1) encoded
+    up front, written in large chunks with up to ``window`` unacknowledged, each PUBACK matched to its
+    message. A real fleet publishes from its own machines; here the publishers share the 2 cores with the
+    system under test, so they should take as little of them as they can (paho took about a third)."""
+    import select
+
+    window = 4096  # unacknowledged messages; far below the 65,535 packet ids, so ids never collide
+    messages = _shard_messages(root, plan, shard, shards)
+    packets = [
+        _mqtt_packet(0x32, _mqtt_string(name) + (i % 65535 + 1).to_bytes(2, "big") + payload)
+        for i, (name, payload) in enumerate(messages)
+    ]
+    sock = socket.create_connection((broker.host, broker.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connect = b"\x00\x04MQTT\x04\x02" + (600).to_bytes(2, "big") + _mqtt_string(f"{root}-pub{shard}")
+    sock.sendall(_mqtt_packet(0x10, connect))
+    connack = sock.recv(4)
+    if connack[:2] != b"\x20\x02" or connack[3] != 0:
+        raise RuntimeError(f"publisher {shard}: connection refused ({connack!r})")
+    sock.setblocking(False)
+    pipe.send("ready")
+    pipe.recv()  # go
+    started = time.monotonic()
+    outstanding = bytearray(65536)  # 1 while the message with that packet id waits for its PUBACK
+    sent = acked = 0
+    out = bytearray()
+    inbox = bytearray()
+    while acked < len(packets) and time.monotonic() - started < 600:
+        while sent < len(packets) and sent - acked < window and len(out) < 1 << 18:
+            out += packets[sent]
+            outstanding[sent % 65535 + 1] = 1
+            sent += 1
+        readable, writable, _ = select.select([sock], [sock] if out else [], [], 1.0)
+        if writable:
+            del out[: sock.send(out)]
+        if readable:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError(f"publisher {shard}: the broker closed the connection")
+            inbox += data
+            whole = len(inbox) - len(inbox) % 4  # only PUBACKs come our way: 0x40 0x02 id id
+            for at in range(0, whole, 4):
+                if inbox[at] != 0x40 or inbox[at + 1] != 2:
+                    raise RuntimeError(f"publisher {shard}: unexpected packet {bytes(inbox[at : at + 4])!r}")
+                mid = inbox[at + 2] << 8 | inbox[at + 3]
+                if outstanding[mid]:
+                    outstanding[mid] = 0
+                    acked += 1
+            del inbox[:whole]
+    seconds = time.monotonic() - started
+    sock.setblocking(True)
+    sock.sendall(b"\xe0\x00")  # DISCONNECT
+    sock.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    pipe.send(PublishResult(len(packets), acked, seconds, usage.ru_utime + usage.ru_stime))
+    pipe.recv()  # exit
+
+
+def _paho_publisher(broker: Broker, root: str, plan: Plan, shard: int, shards: int, pipe: Connection) -> None:
+    """Child: encode this shard's messages, say ready, publish them all at QoS 1 with paho when told, as
+    fast as the broker acknowledges; report; stay alive (for CPU accounting) until told to exit."""
+    messages = _shard_messages(root, plan, shard, shards)
     window = threading.BoundedSemaphore(4096)  # unacknowledged messages in hand
     acked = 0
 
@@ -441,14 +538,13 @@ class Publishers:
     results: list[PublishResult] = field(default_factory=list)
 
     @classmethod
-    def start(cls, broker: Broker, root: str, plan: Plan, count: int) -> Publishers:
+    def start(cls, broker: Broker, root: str, plan: Plan, count: int, kind: str = "raw") -> Publishers:
+        target = _raw_publisher if kind == "raw" else _paho_publisher
         pipes: list[Connection] = []
         procs: list[mp.process.BaseProcess] = []
         for shard in range(count):
             ours, theirs = SPAWN.Pipe()
-            proc = SPAWN.Process(
-                target=_publisher, args=(broker, root, plan, shard, count, theirs), daemon=True
-            )
+            proc = SPAWN.Process(target=target, args=(broker, root, plan, shard, count, theirs), daemon=True)
             proc.start()
             pipes.append(ours)
             procs.append(proc)
@@ -522,6 +618,7 @@ async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) 
     subscribed, and with a short session expiry so a shared broker forgets it soon after the run."""
     from prometheus_client import REGISTRY
 
+    from ingest import metrics
     from ingest.service import IngestService
 
     service = IngestService(settings, session_expiry_s=300)
@@ -533,7 +630,9 @@ async def _run_ingest(settings: Settings, pipe: Connection, progress: Progress) 
 
     async def publish_progress() -> None:  # the writer's counter, for the parent to watch
         while True:
-            rows = REGISTRY.get_sample_value("lishui_ingest_rows_written_total") or 0.0
+            # (The counter itself: REGISTRY.get_sample_value collects every metric, /proc reads included,
+            # which was a few % of the process's CPU at this polling rate.)
+            rows = metrics.ROWS_WRITTEN._value.get()
             if rows != progress[0]:
                 progress[0], progress[1] = rows, time.monotonic()
             await asyncio.sleep(0.05)
@@ -576,7 +675,7 @@ def _naive_child(broker: Broker, root: str, dsn: str, pipe: Connection, progress
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            batch = decode(TelemetryBatch, msg.payload)
+            batch = decode_telemetry(msg.payload)
         except PayloadError:
             return
         device = ids[msg.topic.split("/")[3]]
@@ -697,12 +796,13 @@ class PhaseResult:
 
 
 def run_phase(
-    consumer: Consumer, broker: Broker, root: str, plan: Plan, dsn: str, publishers: int, stall_s: float
+    consumer: Consumer, broker: Broker, root: str, plan: Plan, dsn: str, args: argparse.Namespace
 ) -> PhaseResult:
     """Publish the plan at full speed and watch the consumer commit it; CPU, threads and peak RSS are read
     before the consumer stops (its database backends were opened during the phase, so their lifetime CPU
     is the phase's)."""
-    pubs = Publishers.start(broker, root, plan, publishers)
+    pubs = Publishers.start(broker, root, plan, args.publishers, args.publisher)
+    stall_s = args.stall
     groups = {"consumer": [consumer.pid], "publishers": pubs.pids}
     groups["mosquitto"] = [broker.pid] if broker.pid else pids_named("mosquitto")
     cpu = CpuWatch(groups)
@@ -773,7 +873,7 @@ def run_e2e(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.Na
     reset_tables(dsn)
     consumer = Consumer.start(_ingest_child, settings)
     try:
-        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+        return run_phase(consumer, broker, root, plan, dsn, args)
     finally:
         if consumer.proc.is_alive():
             consumer.proc.terminate()
@@ -785,7 +885,7 @@ def run_naive(broker: Broker, dsn: str, plan: Plan, run_id: str, args: argparse.
     reset_tables(dsn)
     consumer = Consumer.start(_naive_child, broker, root, dsn)
     try:
-        return run_phase(consumer, broker, root, plan, dsn, args.publishers, args.stall)
+        return run_phase(consumer, broker, root, plan, dsn, args)
     finally:
         if consumer.proc.is_alive():
             consumer.proc.terminate()
@@ -830,7 +930,7 @@ def print_e2e(plan: Plan, e2e: PhaseResult, broker: str) -> None:
     print(
         f"fleet: {plan.devices:,} devices on {plan.sites} sites, {plan.messages} messages each of"
         f" {plan.samples} samples x {len(METRICS)} metrics = {plan.readings:,} readings in"
-        f" {plan.total_messages:,} messages; broker: {broker}"
+        f" {plan.total_messages:,} messages, {plan.encoding} payloads; broker: {broker}"
     )
     print(
         f"ingest e2e: {e2e.per_s:,.0f} readings/s ({e2e.committed:,} committed of {e2e.published:,} published"
@@ -927,8 +1027,23 @@ def parse_args() -> argparse.Namespace:
         "--naive-messages", type=int, help="messages of each naive run (default 20,000, --quick 4,000)"
     )
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument(
+        "--publisher",
+        choices=("raw", "paho"),
+        default="raw",
+        help="raw: a minimal MQTT client writing pre-encoded packets (the default: the least CPU taken from"
+        " the system under test); paho: paho-mqtt's client",
+    )
     parser.add_argument("--stall", type=float, default=20.0, help="give up after no commit for this long, s")
     parser.add_argument("--broker", choices=("own", "system"), default="own")
+    parser.add_argument(
+        "--encoding",
+        choices=[e.value for e in TelemetryEncoding],
+        default=TelemetryEncoding.BINARY.value,
+        help="telemetry payloads of the fleet (default binary, the encoding for high-volume publishers;"
+        " the e2e phase is then repeated with JSON, the gateway's default, unless --no-json)",
+    )
+    parser.add_argument("--no-json", action="store_true", help="skip the JSON e2e phase")
     parser.add_argument("--rollup-interval", type=float, help="ingest.rollup_interval_s (default: ingest's)")
     parser.add_argument("--batch-rows", type=int, help="ingest.batch_max_rows (default: ingest's)")
     args = parser.parse_args()
@@ -941,7 +1056,15 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    plan = Plan(args.devices, args.sites, args.messages, args.samples, 1.0, now - timedelta(hours=1))
+    plan = Plan(
+        args.devices,
+        args.sites,
+        args.messages,
+        args.samples,
+        1.0,
+        now - timedelta(hours=1),
+        encoding=args.encoding,
+    )
     name = f"own mosquitto :{broker.port} (max_queued_messages 0)" if broker.pid else "system mosquitto :1883"
     dsn = asyncio.run(create_database(run_id))
     try:
@@ -950,6 +1073,13 @@ def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, An
         print_e2e(plan, e2e, name)  # each phase's figures as soon as it is over
         raw = run_raw_copy(dsn, workdir)
         print_raw(raw)
+        # The same fleet publishing JSON (the gateway's default encoding): what the encoding buys.
+        plan = replace(plan, encoding=TelemetryEncoding.JSON)
+        e2e_json = None
+        if args.encoding != TelemetryEncoding.JSON and not args.no_json:
+            e2e_json = run_e2e(broker, dsn, plan, f"{run_id}-j", args)
+            print_e2e(plan, e2e_json, name)
+        # The hobby design speaks JSON (and a denser encoding would not help it: it waits on its INSERTs).
         naive = run_naive(broker, dsn, naive_plan(plan, args.naive_messages, one_reading=True), run_id, args)
         print_naive(naive, "hobby design: one reading per message, one INSERT per message, autocommit")
         batched = run_naive(broker, dsn, naive_plan(plan, args.naive_messages), f"{run_id}-b", args)
@@ -958,7 +1088,17 @@ def run(args: argparse.Namespace, broker: Broker, workdir: Path) -> dict[str, An
         drop_database(dsn)
     for line in broker.dropped_notices()[:5]:
         print(f"broker: {line}")
-    return summarize(plan, e2e, raw, naive, batched, name)
+    summary = summarize(plan, e2e, raw, naive, batched, name) | {"encoding": args.encoding}
+    if e2e_json is not None:
+        ratio = e2e_json.per_s / raw.per_s if raw.per_s else 0.0
+        print(f"with JSON payloads: e2e {e2e_json.per_s:,.0f} readings/s, e2e/raw {ratio:.2f}")
+        summary |= {
+            "e2e_json_per_s": round(e2e_json.per_s),
+            "ratio_raw_json": round(ratio, 3),
+            "json_lost": e2e_json.published - e2e_json.committed,
+            "json_cpu_s_per_m_readings": round(cpu_per_million(e2e_json), 2),
+        }
+    return summary
 
 
 def main() -> None:
@@ -977,7 +1117,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(summary))
-    if summary["lost"] or summary["naive_lost"] or summary["naive_batched_lost"]:
+    if summary["lost"] or summary["naive_lost"] or summary["naive_batched_lost"] or summary.get("json_lost"):
         raise SystemExit(1)
 
 

@@ -23,6 +23,7 @@ from core.payloads import (
     Status,
     TelemetryBatch,
     encode,
+    encode_telemetry,
     utcnow,
 )
 from core.settings import Settings
@@ -154,7 +155,9 @@ class DeviceTask:
         if reading.metrics:
             batch = TelemetryBatch(seq=self.seq, samples=[Sample(ts=utcnow(), values=reading.metrics)])
             self.seq += 1
-            self._publish(self.telemetry_topic, encode(batch), False)
+            # (Profiles publish catalogue metrics only, so the binary encoding always applies.)
+            payload = encode_telemetry(batch, self.settings.gateway.telemetry_encoding)
+            self._publish(self.telemetry_topic, payload, False)
 
     def _failed(self, err: DeviceOffline | DeviceFault, backoff: float) -> float:
         kind = DeviceState.OFFLINE if isinstance(err, DeviceOffline) else DeviceState.FAULT

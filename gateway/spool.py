@@ -63,8 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
+from core.payloads import telemetry_seq
 from gateway import metrics
 from gateway.outbox import Outbound
 
@@ -524,11 +523,8 @@ class Spool:
             next_id = max(next_id, seg.last_id + 1)
         self._next_id = next_id
         for topic, payload in last_telemetry.items():
-            try:
-                seq = orjson.loads(payload)["seq"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
-            if isinstance(seq, int):
+            seq = telemetry_seq(payload)  # (JSON or binary, whichever the gateway was set to)
+            if seq is not None:
                 self._seqs[topic] = max(self._seqs.get(topic, 0), seq + 1)
         # Never hand out an id at or below the acknowledged mark again.
         self._next_id = max(self._next_id, self._acked_below)

@@ -7,7 +7,11 @@ Flow::
                                                                   maintenance: rollups, retention
 
 - Telemetry comes from the shared subscription ``$share/{group}/{root}/v1/+/+/telemetry`` (QoS 1), so
-  ingest scales by adding processes. Status comes from a plain subscription: shared subscriptions never
+  ingest scales by adding processes; or, with an empty ``share_group``, from the plain subscription
+  ``{root}/v1/+/+/telemetry`` (one ingest per broker, which Mosquitto keeps across a restart of its own;
+  it drops a shared subscription's messages published before the members are back). Either way
+  de-duplication is by message identity, so a switch between the two rewrites nothing.
+  Status comes from a plain subscription: shared subscriptions never
   deliver retained messages, and the retained status is the point of that channel; every instance
   applies it, guarded by ``status_at`` so that is idempotent.
 - A message is acknowledged only after the transaction holding its rows committed (invalid messages
@@ -36,20 +40,29 @@ import contextlib
 import logging
 import socket
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 
 from core.metrics import BY_NAME
-from core.payloads import PayloadError, Status, TelemetryBatch, decode
+from core.payloads import (
+    BINARY_MAGIC,
+    BinaryTelemetry,
+    PayloadError,
+    Status,
+    TelemetryBatch,
+    decode,
+    parse_binary_telemetry,
+)
 from core.registry import DeviceResolver
 from core.settings import Settings
 from core.topics import SITE_TARGET, Channel, parse, shared, subscription
 from ingest import maintenance
 from ingest import metrics as m
+from ingest.rows import Columns, micros
 from ingest.source import Inbound, MqttSource
-from ingest.writer import Batch, Reading, TelemetryWriter, WriteResult, payload_digest
+from ingest.writer import Batch, TelemetryWriter, WriteResult, payload_digest
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +72,14 @@ RETENTION_EVERY_S = 3600.0
 # Messages validated between two yields to the event loop (a few ms of work).
 COLLECT_CHUNK = 64
 _METRIC_IDS = {name: metric.id for name, metric in BY_NAME.items()}
+_KNOWN_IDS = frozenset(_METRIC_IDS.values())
+_DAY_US = 86_400_000_000
+_MAX_FUTURE_US = MAX_FUTURE // timedelta(microseconds=1)
 _TELEMETRY_MESSAGES = m.MESSAGES.labels(channel="telemetry")
 # Batches written concurrently, on as many connections (acknowledged in order all the same).
 WRITES_IN_FLIGHT = 2
+# Longest pause between two attempts at a failed write: the database is back within this of its return.
+WRITE_RETRY_MAX_S = 5.0
 
 
 class RateLimitedLog:
@@ -88,7 +106,15 @@ def default_client_id(settings: Settings) -> str:
     configured = settings.ingest.client_id
     if configured:
         return str(configured)
-    return f"lishui-ingest-{settings.topic_root}-{settings.ingest.share_group}-{socket.gethostname()}"
+    group = settings.ingest.share_group or "plain"
+    return f"lishui-ingest-{settings.topic_root}-{group}-{socket.gethostname()}"
+
+
+def telemetry_filter(settings: Settings) -> str:
+    """The shared subscription of ``share_group``, or with an empty group a plain one (one ingest per
+    broker; the only kind Mosquitto 2.0 keeps across its own restart, see core.settings.IngestSettings)."""
+    plain = subscription(Channel.TELEMETRY, settings.topic_root)
+    return shared(settings.ingest.share_group, plain) if settings.ingest.share_group else plain
 
 
 class IngestService:
@@ -107,10 +133,7 @@ class IngestService:
         self._source = MqttSource(
             settings.mqtt,
             client_id or default_client_id(settings),
-            {
-                shared(settings.ingest.share_group, subscription(Channel.TELEMETRY, root)): 1,
-                subscription(Channel.STATUS, root): 1,
-            },
+            {telemetry_filter(settings): 1, subscription(Channel.STATUS, root): 1},
             receive_maximum=receive_maximum,
             session_expiry_s=session_expiry_s,
         )
@@ -218,18 +241,20 @@ class IngestService:
         pair = (address.site, address.device)
         if address.channel is Channel.TELEMETRY:
             _TELEMETRY_MESSAGES.inc()
+            payload = item.payload
             try:
-                batch = decode(TelemetryBatch, item.payload)
+                if payload[:4] == BINARY_MAGIC:
+                    binary = parse_binary_telemetry(payload)
+                    seq, found = binary.seq, self._binary_columns(binary, item.topic)
+                else:
+                    batch = decode(TelemetryBatch, payload)
+                    seq, found = batch.seq, self._json_columns(batch, item.topic)
             except PayloadError as err:
                 self._invalid("bad_payload", err.reason, item.topic)
                 return
-            readings = self._readings(batch, item.topic)
-            if readings:
-                # With its identity (fast path: de-duplicated by message) and, if the device id is
-                # known, encoded for COPY now, while the writer waits on the database.
-                self._current.add_message(
-                    pair, batch.seq, payload_digest(item.payload), readings, self.resolver.cached(*pair)
-                )
+            if found is not None:
+                # With its identity: the fast path de-duplicates by message.
+                self._current.add_columns(pair, seq, payload_digest(payload), found)
         elif address.channel is Channel.STATUS:
             m.MESSAGES.labels(channel="status").inc()
             if not item.payload:  # a retained status being cleared
@@ -243,33 +268,85 @@ class IngestService:
         else:
             self._invalid("bad_topic", f"unexpected channel {address.channel}", item.topic)
 
-    def _readings(self, batch: TelemetryBatch, topic: str) -> list[Reading]:
-        now = datetime.now(UTC)
-        newest = now + MAX_FUTURE
-        oldest = now - timedelta(days=self.settings.db.retention_days)
-        readings: list[Reading] = []
-        append, metric_id = readings.append, _METRIC_IDS.get  # (the innermost loop of ingest)
-        unknown: set[str] = set()
-        n_unknown = n_range = 0
-        for sample in batch.samples:
-            ts = sample.ts
-            if not oldest <= ts <= newest:
-                n_range += len(sample.values)
-                continue
-            for name, value in sample.values.items():
-                mid = metric_id(name)
-                if mid is None:
-                    unknown.add(name)
-                    n_unknown += 1
-                else:
-                    append((ts, mid, value))
+    def _window_us(self) -> tuple[int, int]:
+        """The plausible reading times now, in µs since the Unix epoch: not older than retention, not
+        more than ``MAX_FUTURE`` ahead."""
+        now = time.time_ns() // 1000
+        return now - self.settings.db.retention_days * _DAY_US, now + _MAX_FUTURE_US
+
+    def _skipped(self, topic: str, n_range: int, n_unknown: int, unknown: Any) -> None:
         if n_unknown:
-            self._invalid("unknown_metric", f"not in the catalogue: {sorted(unknown)}", topic, n_unknown)
+            self._invalid("unknown_metric", f"not in the catalogue: {unknown}", topic, n_unknown)
         if n_range:
             self._invalid(
                 "ts_out_of_range", f"older than retention or more than {MAX_FUTURE} ahead", topic, n_range
             )
-        return readings
+
+    def _json_columns(self, batch: TelemetryBatch, topic: str) -> Columns | None:
+        """A JSON message's readings as columns; None if none is left."""
+        oldest, newest = self._window_us()
+        stamps: list[int] = []
+        counts: list[int] = []
+        ids: list[int] = []
+        values: list[float] = []
+        unknown: set[str] = set()
+        n_unknown = n_range = 0
+        metric_id = _METRIC_IDS.get
+        for sample in batch.samples:  # (the innermost loop of ingest: per sample, not per reading)
+            us = micros(sample.ts)
+            named = sample.values
+            if not oldest <= us <= newest:
+                n_range += len(named)
+                continue
+            found = [metric_id(name) for name in named]
+            if None in found:
+                kept = [(i, v) for i, v in zip(found, named.values(), strict=True) if i is not None]
+                unknown.update(name for name, i in zip(named, found, strict=True) if i is None)
+                n_unknown += len(found) - len(kept)
+                if not kept:
+                    continue
+                ids += [i for i, _ in kept]
+                values += [v for _, v in kept]
+                counts.append(len(kept))
+            else:
+                ids += found  # type: ignore[arg-type]  # (no None in it)
+                values += named.values()
+                counts.append(len(found))
+            stamps.append(us)
+        if n_unknown or n_range:
+            self._skipped(topic, n_range, n_unknown, sorted(unknown))
+        return Columns(stamps, counts, ids, values) if stamps else None
+
+    def _binary_columns(self, binary: BinaryTelemetry, topic: str) -> Columns | None:
+        """A binary message's readings as columns: views of its payload unless some are skipped."""
+        oldest, newest = self._window_us()
+        stamps, counts, ids = binary.stamps_us, binary.counts, binary.metric_ids
+        if oldest <= min(stamps) and max(stamps) <= newest and _KNOWN_IDS.issuperset(ids):
+            return Columns(stamps, counts, ids, binary.values)
+        # Some are skipped: the readings of samples out of the window, and unknown metrics.
+        kept_stamps: list[int] = []
+        kept_counts: list[int] = []
+        kept_ids: list[int] = []
+        kept_values: list[float] = []
+        unknown: set[int] = set()
+        n_unknown = n_range = start = 0
+        for us, count in zip(stamps, counts, strict=True):
+            end = start + count
+            if not oldest <= us <= newest:
+                n_range += count
+            else:
+                pairs = list(zip(ids[start:end], binary.values[start:end], strict=True))
+                known = [(i, v) for i, v in pairs if i in _KNOWN_IDS]
+                unknown.update(i for i, _ in pairs if i not in _KNOWN_IDS)
+                n_unknown += count - len(known)
+                if known:
+                    kept_stamps.append(us)
+                    kept_counts.append(len(known))
+                    kept_ids += [i for i, _ in known]
+                    kept_values += [v for _, v in known]
+            start = end
+        self._skipped(topic, n_range, n_unknown, sorted(unknown))
+        return Columns(kept_stamps, kept_counts, kept_ids, kept_values) if kept_stamps else None
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -337,7 +414,7 @@ class IngestService:
             if deadline is not None and time.monotonic() + delay > deadline:
                 return False
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
     def _record(self, batch: Batch, result: WriteResult, seconds: float) -> None:
         m.ROWS_WRITTEN.inc(result.inserted)

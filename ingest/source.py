@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import threading
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -33,8 +34,7 @@ from core.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True, frozen=True)
-class Inbound:
+class Inbound(NamedTuple):  # (a tuple: built per message in paho's thread, the cheapest record)
     topic: str
     payload: bytes
     qos: int
@@ -45,13 +45,52 @@ class Inbound:
 
 Ack = tuple[int, int, int]  # (generation, mid, qos)
 
+READ_CHUNK = 256 * 1024
+
+
+class _BufferedSocket:
+    """paho reads each packet's fixed header a byte at a time, a ``recv`` system call per byte (four per
+    telemetry message). This wrapper reads what the socket holds in one call and serves paho's small
+    reads from it; ``pending()`` is paho's own hook (for TLS and websocket sockets, which buffer too)
+    that keeps its loop from waiting in ``select`` while bytes are buffered."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._buffer):
+            data = self._sock.recv(max(size, READ_CHUNK))  # BlockingIOError, EOF (b""): as paho expects
+            if len(data) <= size:
+                return bytes(data)
+            self._buffer, self._at = data, 0
+        chunk = self._buffer[self._at : self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._buffer) - self._at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        # Plain TCP and Unix sockets only (TLS and websocket ones buffer on their own, with pending()).
+        return _BufferedSocket(sock) if type(sock) is socket.socket else sock
+
 
 class MqttSource:
     """Subscribes to ``subscriptions`` (filter -> QoS) and buffers messages for ``get_many``.
 
     The session is persistent (``clean_start=False`` with ``session_expiry_s``) under ``client_id``,
     which must be stable per ingest instance and unique across instances: Mosquitto keeps queueing a
-    disconnected member's share of a shared subscription for it until its session expires.
+    disconnected member's share of a shared subscription for it until its session expires. Clean start
+    stays 0 on the very first connection too: Mosquitto 2.0.11 never saves a session that began with
+    clean start = 1 to its persistence file, so it would not survive a broker restart.
     """
 
     def __init__(
@@ -69,6 +108,9 @@ class MqttSource:
         self._session_expiry_s = session_expiry_s
         self.client_id = client_id
         self._buffer: collections.deque[Inbound] = collections.deque()
+        # Set by the consumer before it waits for an empty buffer: only then does paho's thread wake the
+        # loop (call_soon_threadsafe writes to the loop's self-pipe: a syscall per wake-up).
+        self._waiting = False
         self._wake_pending = False
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,7 +119,7 @@ class MqttSource:
         self._pending_subacks: set[int] = set()
         self.ready = asyncio.Event()  # connected and subscribed (cleared while disconnected)
         self.connected = False
-        self._client = mqtt.Client(
+        self._client = _Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -119,15 +161,19 @@ class MqttSource:
         """Up to ``max_items`` buffered messages; waits up to ``timeout`` s (None: forever) for the first."""
         if not self._buffer:
             self._event.clear()
-            if not self._buffer:
-                if timeout is None:
-                    await self._event.wait()
-                else:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await self._event.wait()
-                    except TimeoutError:
-                        return []
+            self._waiting = True  # before the second look: a message appended after it wakes us
+            try:
+                if not self._buffer:
+                    if timeout is None:
+                        await self._event.wait()
+                    else:
+                        try:
+                            async with asyncio.timeout(timeout):
+                                await self._event.wait()
+                        except TimeoutError:
+                            return []
+            finally:
+                self._waiting = False
         out: list[Inbound] = []
         pop = self._buffer.popleft
         while self._buffer and len(out) < max_items:
@@ -151,10 +197,20 @@ class MqttSource:
         self._event.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        payload = msg.payload
         self._buffer.append(
-            Inbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation, msg.retain)
+            Inbound(
+                msg.topic,
+                payload if type(payload) is bytes else bytes(payload),
+                msg.qos,
+                msg.mid,
+                self._generation,
+                msg.retain,
+            )
         )
-        if not self._wake_pending and self._loop is not None:
+        # (The consumer sets _waiting before its last look at the buffer, and we read it after the
+        # append: one of the two sees the other's write, so no message waits for a wake-up that never comes.)
+        if self._waiting and not self._wake_pending and self._loop is not None:
             self._wake_pending = True
             self._loop.call_soon_threadsafe(self._wake)
 

@@ -1,25 +1,31 @@
 """A streaming stack for the chaos tests, on real services: simulated devices (in the test process),
 ``lishui gateway`` and ``lishui ingest`` in their own OS processes, a recorder that is the ground truth,
-and helpers that stop and start Mosquitto and PostgreSQL.
+and services of the test's own to stop and start.
+
+Every stack has a Mosquitto of its own (``Broker``: own port, own config with the queue limits that
+scripts/setup-services.sh gives the system broker, persistence in the test's directory), so restarting
+it disturbs nobody else's tests. The database scenario brings a PostgreSQL cluster of its own too
+(``Cluster``: initdb in a temporary directory, TimescaleDB preloaded, migrated), so stopping it for 30 s
+is felt only by the test.
 
 The recorder subscribes (not shared, QoS 1, persistent session) to the run's telemetry before anything
-streams, and records every batch it is delivered: (device, seq, readings). After a run, ``check``
-compares it with the hypertable: every device's seqs contiguous from 0 (a gap is a lost batch; repeats
-are redeliveries and must carry the same readings), the set of (device, ts, metric) in the database equal
-to the recorded set, and the row count equal to the number of distinct recorded readings.
+streams, and records every batch it is delivered: (device, seq, readings), in arrival order. After a
+run, ``check`` compares it with the hypertable: every device's seqs contiguous from 0 (a gap is a lost
+batch; repeats are redeliveries and must carry the same readings), the set of (device, ts, metric) in the
+database equal to the recorded set, and the row count equal to the number of distinct recorded readings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,30 +42,35 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from core import topics
+from core import db, topics
+from core.payloads import PayloadError, decode_telemetry
 from gateway.config import DeviceConfig, GatewayConfig
 from simulators.clock import SimClock
 from simulators.fleet import generate_devices, serve_devices
 
 NOON = datetime.fromisoformat("2026-06-21T12:00:00+08:00")
 LISHUI = str(Path(sys.executable).with_name("lishui"))
-MOSQUITTO_CONF = "/etc/mosquitto/mosquitto.conf"
-MOSQUITTO_PID = Path("/run/mosquitto/mosquitto.pid")
-PG_VERSION, PG_CLUSTER = "15", "main"
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+PG_VERSION = "15"
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
+HOST = "127.0.0.1"
 
 Reading = tuple[str, datetime, str]  # device, ts, metric
 
 
-def require_services() -> None:
-    """Skip (with the reason) where the services cannot be stopped and started from here."""
-    if os.geteuid() != 0:
-        pytest.skip("chaos tests stop and start Mosquitto and PostgreSQL: they need root")
-    missing = [c for c in ("mosquitto", "pg_ctlcluster", "pgrep") if shutil.which(c) is None]
-    if missing:
-        pytest.skip(f"chaos tests need {', '.join(missing)} on PATH")
+def require_mosquitto() -> None:
+    """Skip (with the reason) where no Mosquitto binary or no ``lishui`` command is at hand."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("chaos tests run a Mosquitto of their own: mosquitto is not on PATH")
     if not Path(LISHUI).exists():
         pytest.skip(f"the lishui command is not installed next to {sys.executable}")
+
+
+def require_postgres_binaries() -> None:
+    missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / b).exists()]
+    if missing:
+        pytest.skip(
+            f"the database scenario runs a PostgreSQL of its own: {', '.join(missing)} not in {PG_BIN}"
+        )
 
 
 async def eventually(
@@ -78,7 +89,7 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-# -- services ---------------------------------------------------------------------------------------
+# -- services of the test's own ------------------------------------------------------------------------
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -87,76 +98,154 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
-def mosquitto_pid() -> int | None:
-    """The system broker's pid: from its pid file, else the ``mosquitto`` process started with its
-    config (other people's brokers on other ports are left alone)."""
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        pid = int(MOSQUITTO_PID.read_text().strip())
-        if _alive(pid) and _is_system_broker(pid):
-            return pid
-    out = subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, text=True, check=False)
-    pids = [int(p) for p in out.stdout.split() if _is_system_broker(int(p))]
-    return pids[0] if pids else None
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
 
 
-def _is_system_broker(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(argv) and Path(argv[0].decode()).name == "mosquitto" and MOSQUITTO_CONF.encode() in argv
+@dataclass
+class Broker:
+    """A Mosquitto of the test's own. ``stop`` is a clean stop (SIGTERM: Mosquitto saves its sessions and
+    their queued messages to the persistence file), ``start`` brings it back on the same port and file."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def _write_conf(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            f"listener {self.port} {HOST}\nallow_anonymous true\n"
+            # As scripts/setup-services.sh configures the system broker: persistent sessions keep their
+            # QoS 1 backlog (Mosquitto's default of 1000 queued messages would drop the rest).
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "max_queued_messages 1000000\nmax_queued_bytes 1073741824\n"
+            # As whoever runs the test (as root Mosquitto would otherwise switch to the mosquitto user,
+            # who cannot write here).
+            f"user {_username()}\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            "log_type subscribe\nconnection_messages true\n"
+        )
+
+    async def start(self) -> None:
+        """Start it unless it runs; returns once it accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self._write_conf()
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen, ["mosquitto", "-c", str(self.conf)], stderr=subprocess.DEVNULL
+        )
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"mosquitto exited with {proc.returncode}; see {self.log}")
+            return _port_open(HOST, self.port)
+
+        await eventually(up, 30, "mosquitto to listen", interval=0.05)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        await eventually(lambda: proc.poll() is not None, 20, "mosquitto to exit", interval=0.05)
+
+    def has_subscribed(self, client_id: str, topic_filter: str) -> bool:
+        """Whether ``client_id`` subscribed to ``topic_filter`` (Mosquitto logs "<client> <qos> <filter>")."""
+        if not self.log.exists():
+            return False
+        return any(
+            line.split()[1:2] == [client_id] and line.endswith(f" {topic_filter}")
+            for line in self.log.read_text(errors="replace").splitlines()
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _username() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
-async def stop_mosquitto() -> None:
-    pid = mosquitto_pid()
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)  # a clean stop: Mosquitto saves sessions and queued messages
-    await eventually(lambda: not _alive(pid), 20, "mosquitto to exit")
+@dataclass
+class Cluster:
+    """A PostgreSQL cluster of the test's own, TimescaleDB preloaded, with the migrated database
+    ``lishui``. Its data directory is a temporary directory (owned by ``postgres`` when the test runs as
+    root: the server refuses to run as root), removed by ``destroy``."""
 
+    port: int = field(default_factory=free_port)
+    datadir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lishui-chaos-pg-")))
 
-async def start_mosquitto() -> None:
-    """Start Mosquitto unless it runs; returns once it accepts connections."""
-    if mosquitto_pid() is None:
-        await asyncio.to_thread(subprocess.run, ["mosquitto", "-d", "-c", MOSQUITTO_CONF], check=True)
-    await eventually(lambda: _port_open(MQTT_HOST, MQTT_PORT), 30, "mosquitto to listen")
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/lishui"
 
+    def _run(self, *argv: str) -> None:
+        user = "postgres" if os.geteuid() == 0 else None
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, user=user)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip() or result.stdout.strip()}")
 
-async def _pg_ctl(action: str, *extra: str) -> None:
-    cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, PG_CLUSTER, action, *extra]
-    result = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0 and "already running" not in result.stderr + result.stdout:
-        raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip() or result.stdout.strip()}")
+    async def create(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres", "postgres")
+        data = str(self.datadir / "data")
+        initdb = [str(PG_BIN / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        await asyncio.to_thread(self._run, *initdb, "--no-sync", "--no-instructions")
+        conf = self.datadir / "data" / "postgresql.conf"
+        ours = (
+            f"port = {self.port}\nlisten_addresses = '{HOST}'\n"
+            f"unix_socket_directories = '{self.datadir}'\n"
+            "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n"
+            "shared_buffers = 32MB\nmax_connections = 40\n"
+        )
+        conf.write_text(conf.read_text() + ours)
+        await self.start()
+        await db.ensure_database(self.dsn)
+        await db.migrate(self.dsn)
 
+    async def start(self) -> None:
+        """Start it unless it runs; returns once the database accepts queries (or the server its login)."""
+        if not await self._accepts("postgres"):
+            log = str(self.datadir / "server.log")
+            await asyncio.to_thread(
+                self._run, str(PG_BIN / "pg_ctl"), "-D", str(self.datadir / "data"), "-l", log, "-w", "start"
+            )
+        await eventually(lambda: self._accepts("postgres"), 60, "postgresql to accept connections", 0.5)
 
-async def stop_postgres() -> None:
-    await _pg_ctl("stop", "-m", "fast")
+    async def stop(self) -> None:
+        await asyncio.to_thread(
+            self._run, str(PG_BIN / "pg_ctl"), "-D", str(self.datadir / "data"), "-m", "fast", "-w", "stop"
+        )
 
+    async def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            await self.stop()
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
-async def start_postgres(dsn: str) -> None:
-    """Start the cluster unless it runs; returns once ``dsn`` accepts queries."""
-
-    async def accepts() -> bool:
+    async def _accepts(self, database: str) -> bool:
         try:
+            dsn = db.with_database(self.dsn, database)
             async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=2) as conn:
                 await conn.execute("SELECT 1")
             return True
         except psycopg.Error:
             return False
-
-    if not await accepts():
-        await _pg_ctl("start")
-    await eventually(accepts, 60, "postgresql to accept connections", interval=0.5)
 
 
 # -- the recorder -------------------------------------------------------------------------------------
@@ -170,10 +259,16 @@ class Recorded:
 
 
 class Recorder:
-    """Every telemetry batch of the run, as delivered (paho, MQTT v5, persistent session)."""
+    """Every telemetry batch of the run, in the order delivered (paho, MQTT v5, persistent session).
 
-    def __init__(self, root: str) -> None:
+    The session starts with clean start = 0 (the root is new, so there is nothing to resume): Mosquitto
+    2.0.11 does not save a session that began with clean start = 1 to its persistence file, so such a
+    session, and the messages queued for it, would not survive a restart of the broker."""
+
+    def __init__(self, root: str, port: int) -> None:
         self.batches: list[Recorded] = []
+        self.undecodable = 0
+        self._port = port
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.connects = 0
@@ -190,9 +285,7 @@ class Recorder:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600  # the broker keeps our messages while we are away
-        self._client.connect_async(
-            MQTT_HOST, MQTT_PORT, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props
-        )
+        self._client.connect_async(HOST, self._port, clean_start=False, properties=props)
         self._client.loop_start()
 
     async def subscribed(self) -> None:
@@ -208,12 +301,14 @@ class Recorder:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         device = topics.parse(msg.topic, self._root).device
-        data = json.loads(msg.payload)
-        readings = frozenset(
-            (datetime.fromisoformat(s["ts"]), metric) for s in data["samples"] for metric in s["values"]
-        )
+        try:
+            batch = decode_telemetry(msg.payload)  # JSON or the binary encoding, whichever was sent
+        except PayloadError:
+            self.undecodable += 1
+            return
+        readings = frozenset((s.ts, metric) for s in batch.samples for metric in s.values)
         with self._lock:
-            self.batches.append(Recorded(device, data["seq"], readings))
+            self.batches.append(Recorded(device, batch.seq, readings))
 
     def snapshot(self) -> list[Recorded]:
         with self._lock:
@@ -277,6 +372,7 @@ class Stack:
     dsn: str
     workdir: Path
     devices: list[str]
+    broker: Broker
     recorder: Recorder
     gateway: Service
     ingest: Service
@@ -321,25 +417,43 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def streaming(
-    tag: str, dsn: str, workdir: Path, *, devices: int = 5, poll_s: float = 0.25
+    tag: str,
+    dsn: str,
+    workdir: Path,
+    *,
+    devices: int = 5,
+    poll_s: float = 0.25,
+    shared: bool = True,
+    encoding: str = "json",
 ) -> AsyncIterator[Stack]:
-    """Simulators, recorder, ingest and gateway, streaming; on the way out everything is stopped."""
+    """A broker of the stack's own, simulators, recorder, ingest and gateway, streaming; on the way out
+    everything is stopped. ``shared=False``: ingest on a plain subscription (``share_group`` empty);
+    ``encoding``: the gateway's telemetry encoding."""
     run = uuid.uuid4().hex[:6]
     root = f"lishui-chaos-{tag}-{run}"
     specs = generate_devices("pv_inverter", devices, prefix=f"chaos-{tag}-{run}", site=f"chaos-{tag}-{run}")
+    broker = Broker(workdir / "mosquitto")
     env = {
         **os.environ,
         "LISHUI_DB__DSN": dsn,
+        "LISHUI_MQTT__HOST": HOST,
+        "LISHUI_MQTT__PORT": str(broker.port),
         "LISHUI_TOPIC_ROOT": root,
         "LISHUI_GATEWAY__STATE_DIR": str(workdir / "gateway-state"),
         "LISHUI_GATEWAY__MAX_BACKOFF_S": "2",
-        "LISHUI_INGEST__SHARE_GROUP": f"chaos-{run}",
+        "LISHUI_GATEWAY__TELEMETRY_ENCODING": encoding,
+        "LISHUI_INGEST__SHARE_GROUP": f"chaos-{run}" if shared else "",
         "LISHUI_INGEST__CLIENT_ID": f"chaos-ingest-{root}",
         "LISHUI_INGEST__BATCH_MAX_DELAY_S": "0.3",
         "LISHUI_INGEST__ROLLUP_INTERVAL_S": "2",
         "LISHUI_LOG_LEVEL": "INFO",
     }
-    async with serve_devices(specs, base_port=0, clock=SimClock(factor=0, start=NOON)) as fleet:
+    await broker.start()
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(broker.kill)
+        fleet = await cleanup.enter_async_context(
+            serve_devices(specs, base_port=0, clock=SimClock(factor=0, start=NOON))
+        )
         config = GatewayConfig(
             name=f"chaos-gw-{run}",
             devices=[
@@ -358,13 +472,14 @@ async def streaming(
         )
         config_path = workdir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-        recorder = Recorder(root)
+        recorder = Recorder(root, broker.port)
         stack = Stack(
             tag=tag,
             root=root,
             dsn=dsn,
             workdir=workdir,
             devices=list(fleet.endpoints),
+            broker=broker,
             recorder=recorder,
             gateway=Service(
                 "gateway",
@@ -378,6 +493,14 @@ async def streaming(
         try:
             await recorder.subscribed()  # the ground truth listens before anything streams
             stack.ingest.start()
+            # ... and so does ingest: a shared group's messages published before it subscribed are lost.
+            client_id, telemetry = (
+                env["LISHUI_INGEST__CLIENT_ID"],
+                topics.subscription(topics.Channel.TELEMETRY, root),
+            )
+            group = env["LISHUI_INGEST__SHARE_GROUP"]
+            wanted = f"$share/{group}/{telemetry}" if group else telemetry
+            await eventually(lambda: broker.has_subscribed(client_id, wanted), 30, "ingest's subscription")
             stack.gateway.start()
             await stack.flowing(within=60)
             yield stack
@@ -421,8 +544,24 @@ async def finish(stack: Stack, drain_within: float = 90.0) -> dict[str, int]:
     return check(stack, recorded, await stack.db_readings())
 
 
+def out_of_order(recorded: list[Recorded]) -> dict[str, list[int]]:
+    """Per device, the seqs whose first delivery came after that of a higher seq (empty: in order)."""
+    seen: set[tuple[str, int]] = set()
+    top: dict[str, int] = {}
+    late: dict[str, list[int]] = {}
+    for b in recorded:
+        if (b.device, b.seq) in seen:
+            continue  # a redelivery
+        seen.add((b.device, b.seq))
+        if b.seq < top.get(b.device, -1):
+            late.setdefault(b.device, []).append(b.seq)
+        top[b.device] = max(top.get(b.device, -1), b.seq)
+    return late
+
+
 def check(stack: Stack, recorded: list[Recorded], db_rows: list[Reading]) -> dict[str, int]:
     """The three promises: no batch lost, every reading in the database, none twice."""
+    assert stack.recorder.undecodable == 0, "the recorder was sent payloads it could not decode"
     by_batch: dict[tuple[str, int], frozenset[tuple[datetime, str]]] = {}
     for b in recorded:
         held = by_batch.setdefault((b.device, b.seq), b.readings)

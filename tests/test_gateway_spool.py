@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from core.payloads import Sample, TelemetryBatch, decode_telemetry, encode_telemetry
 from gateway.outbox import Outbound
 from gateway.spool import HEADER, MAGIC, Spool, SpoolLocked
 
@@ -208,3 +210,22 @@ async def test_segments_start_with_magic(tmp_path: Path) -> None:
     spool.close()
     (segment,) = segments(tmp_path)
     assert read(segment).startswith(MAGIC)
+
+
+async def test_seq_of_binary_telemetry_survives_a_crash(tmp_path: Path) -> None:
+    """With the binary encoding (LISHUI_GATEWAY__TELEMETRY_ENCODING=binary) the spool still finds the last
+    seq it wrote, so a gateway killed before any index was saved never issues a seq twice."""
+    topic = "root/v1/site/d1/telemetry"
+    ts = datetime(2026, 6, 21, 4, 0, tzinfo=UTC)
+    spool = Spool(tmp_path, fsync_interval_s=0.01)
+    for i in range(7):
+        batch = TelemetryBatch(seq=i, samples=[Sample(ts=ts, values={"active_power_w": float(i)})])
+        spool.put(Outbound(topic, encode_telemetry(batch, "binary")))
+    await spool.flush()
+    os.close(spool._lock_fd)  # killed: no clean close, no index
+
+    again = Spool(tmp_path, fsync_interval_s=0.01)
+    assert again.next_seq(topic) == 7
+    replayed = await take(again, 7)
+    assert [decode_telemetry(m.payload).seq for m in replayed] == list(range(7))
+    again.close()
