@@ -46,12 +46,13 @@ class GatewaySettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    # Telemetry subscription. A name: the shared subscription ``$share/{name}/...``, so ingest scales by
-    # adding processes to the group. Empty (``LISHUI_INGEST__SHARE_GROUP=""``): a plain subscription, for
-    # one ingest process per broker. Mosquitto 2.0 does not restore shared subscriptions when it restarts
-    # (what is published before the members subscribe again is dropped), a plain one it keeps: on
-    # Mosquitto with one ingest, use plain. See docs/architecture.md, "Ingest".
-    share_group: str = Field("ingest", pattern=r"^([^/+#$]+)?$")
+    # Telemetry subscription. Empty (the default): a plain subscription, for one ingest process per
+    # broker. A name (``LISHUI_INGEST__SHARE_GROUP=ingest``): the shared subscription
+    # ``$share/{name}/...``, so ingest scales by adding processes to the group. The default is plain
+    # because Mosquitto 2.0 does not restore shared subscriptions when it restarts (what is published
+    # before the members subscribe again is dropped), a plain one it keeps: lossless comes first, scale-out
+    # is a choice. See docs/architecture.md, "Ingest".
+    share_group: str = Field("", pattern=r"^([^/+#$]+)?$")
     # Stable and unique per ingest instance: the broker keeps its persistent session (and the QoS 1
     # messages queued for it) under this id. Default: derived from topic root, group and host name.
     client_id: str | None = None

@@ -56,7 +56,8 @@ def test_sim_gateway_and_ingest_processes_fill_the_database(settings: Settings, 
     started = datetime.now(UTC)
     subprocess.run([*LISHUI, "db", "seed", "default"], env=env, check=True, timeout=60, capture_output=True)
     gw_file = tmp_path / "gw.yaml"
-    base_port = random.randint(31000, 39000)
+    # Below the kernel's ephemeral range (32768-60999), where client sockets can't take our ports.
+    base_port = random.randint(21000, 29000)
     procs = [
         subprocess.Popen(
             [*LISHUI, "sim", "default", "--base-port", str(base_port), "--gateway-file", str(gw_file)],
