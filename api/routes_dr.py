@@ -8,7 +8,9 @@ a change the lifecycle forbids (amending an active event, cancelling a completed
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
@@ -18,6 +20,8 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.deps import ConnDep
+from core import dr_events
+from core.dr_events import COLUMNS
 from dr_controller.baselines import CHINA, PROGRAM_BASELINES, SLOT_MIN, SLOTS_PER_DAY
 from dr_controller.events import EventSpec, EventState
 from dr_controller.fleet import ScopeFilter, load_devices
@@ -28,11 +32,7 @@ from dr_controller.resources import ResourceKind
 router = APIRouter(prefix="/api/v1/dr", tags=["demand response"])
 
 EventId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-ACTOR = "api"
-COLUMNS = (
-    "id, kind, target_kw, cap_kw, floor_kw, starts_at, ends_at, notice, scope, town_id, feeder, site_ids,"
-    " baseline, state, reason, source, external_id, version, created_at, updated_at"
-)
+ACTOR = SOURCE = "api"
 
 
 class Event(BaseModel):
@@ -144,19 +144,11 @@ async def _check_scope(conn: psycopg.AsyncConnection[Any], spec: EventSpec) -> N
             raise HTTPException(422, f"unknown site_ids {sorted(missing)}")
 
 
-def _values(spec: EventSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="python") | {"scope": spec.scope.value, "kind": spec.kind.value}
-
-
-async def _write(
-    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Run one audited change; the lifecycle trigger's refusals become 409, check violations 422."""
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The database's refusals of a change: the lifecycle trigger's a 409, check violations a 422."""
     try:
-        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT set_config('lishui.actor', %s, true)", (ACTOR,))
-            await cur.execute(sql, params)
-            return await cur.fetchone()
+        yield
     except psycopg.errors.RaiseException as err:
         raise HTTPException(status.HTTP_409_CONFLICT, err.diag.message_primary or str(err)) from err
     except (psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation) as err:
@@ -165,20 +157,11 @@ async def _write(
         raise HTTPException(status.HTTP_409_CONFLICT, err.diag.message_primary or str(err)) from err
 
 
-FIELDS = EventSpec.model_fields.keys()
-
-
 @router.post("/events", response_model=Event, status_code=status.HTTP_201_CREATED)
 async def create_event(body: EventSpec, conn: ConnDep) -> dict[str, Any]:
     await _check_scope(conn, body)
-    row = await _write(
-        conn,
-        f"INSERT INTO dr_events ({', '.join(FIELDS)}) VALUES ({', '.join(f'%({f})s' for f in FIELDS)})"
-        f" RETURNING {COLUMNS}",
-        _values(body),
-    )
-    assert row is not None
-    return row
+    with _refusals():
+        return await dr_events.create_event(conn, body.model_dump(), ACTOR, source=SOURCE)
 
 
 @router.put("/events/{event_id}", response_model=Event)
@@ -197,12 +180,8 @@ async def amend_event(
             status.HTTP_409_CONFLICT, f"event {event_id} is {current['state']}: not amendable"
         )
     await _check_scope(conn, body)
-    row = await _write(
-        conn,
-        f"UPDATE dr_events SET {', '.join(f'{f} = %({f})s' for f in FIELDS)}"
-        f" WHERE id = %(id)s AND state = 'scheduled' RETURNING {COLUMNS}",
-        _values(body) | {"id": event_id},
-    )
+    with _refusals():
+        row = await dr_events.amend_event(conn, event_id, body.model_dump(), ACTOR)
     if row is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} changed state meanwhile")
     return row
@@ -214,13 +193,10 @@ async def cancel_event(event_id: EventId, body: CancelIn, conn: ConnDep) -> dict
     current = await _fetch(conn, event_id)
     if current["state"] not in (EventState.SCHEDULED, EventState.ACTIVE):
         raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} is {current['state']}: already over")
-    row = await _write(
-        conn,
-        "UPDATE dr_events SET state = 'cancelled', reason = %(reason)s WHERE id = %(id)s"
-        f" RETURNING {COLUMNS}",
-        {"id": event_id, "reason": body.reason},
-    )
-    assert row is not None
+    with _refusals():
+        row = await dr_events.cancel_event(conn, event_id, ACTOR, body.reason)
+    if row is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} changed state meanwhile")
     return row
 
 

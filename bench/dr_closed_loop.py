@@ -93,7 +93,7 @@ async def run_closed_loop() -> dict[str, Any]:
     settings = Settings(
         db=DatabaseSettings(dsn=dsn),
         topic_root=f"lishui-bench-dr-{run_id}",
-        dr=DrSettings(control_interval_s=2.0, hold_s=10.0, command_expiry_s=5.0),
+        dr=DrSettings(control_interval_s=2.0, hold_s=10.0, command_expiry_s=5.0, forecast_daily=False),
         ingest=IngestSettings(batch_max_delay_s=0.3, client_id=f"bench-dr-ingest-{run_id}"),
         _env_file=None,  # type: ignore[call-arg]
     )

@@ -3,10 +3,10 @@
 The VEN registers with the VTN (``settings.openadr``), polls it, and answers every event:
 
 - the event is mapped onto Lishui's event model (``openadr_mapping``: signal, intervals, targets ->
-  scope), and Lishui opts in when the scope has the capacity now (live telemetry over the event's
-  length: the capacity register for a county-wide peak-shaving event, the same models over the scope
-  and direction otherwise), creating one ``dr_events`` row per part with actor and source
-  ``openadr:{vtn id}`` (audited); the controller then runs it like any other event;
+  scope), and Lishui opts in when the scope has the capacity (``openadr_capacity``: now, or by the
+  day-ahead register for a county-wide peak-shaving part on a later day that has forecasts), creating
+  one ``dr_events`` row per part (``core.dr_events``) with actor and source ``openadr:{vtn id}``
+  (audited); the controller then runs it like any other event;
 - a modification (a higher ``modificationNumber``) amends a scheduled part, or cancels an active part
   and replaces it; a part no longer asked is cancelled; a cancellation cancels every part;
 - otherwise (no capacity, a malformed or unsupported event) Lishui opts out: the reason is stored in
@@ -38,11 +38,14 @@ import psycopg
 from openleadr import OpenADRClient, enums, objects
 from psycopg_pool import AsyncConnectionPool
 
+from core import dr_events
 from core.settings import Settings
 from dr_controller import openadr_store as ostore
+from dr_controller.baselines import Calendar
 from dr_controller.controller import PRODUCING_KINDS, Clock, WallClock, spec_of
-from dr_controller.events import EventScope, EventSpec
+from dr_controller.events import EventSpec
 from dr_controller.fleet import FleetSnapshot, ScopeFilter, TelemetryMeter
+from dr_controller.openadr_capacity import capacity_for
 from dr_controller.openadr_mapping import (
     MUST_RUN,
     OPT_IN,
@@ -53,8 +56,7 @@ from dr_controller.openadr_mapping import (
     selector,
     to_specs,
 )
-from dr_controller.report import capacity_register, event_report
-from dr_controller.resources import Direction, Window
+from dr_controller.report import event_report
 
 __all__ = ["R_DELIVERED", "R_LOAD", "Ven", "net_load_kw", "run_ven"]
 
@@ -100,6 +102,7 @@ class Ven:
         self.pool = pool
         self.clock = clock or WallClock()
         self.tz = ZoneInfo(settings.dr.timezone)
+        self.calendar = Calendar(frozenset(settings.dr.holidays), frozenset(settings.dr.make_up_workdays))
         self.vtn_id: str | None = None  # learnt from the VTN's messages
         self.oadr: OpenADRClient | None = None
         self._lock = asyncio.Lock()
@@ -236,24 +239,17 @@ class Ven:
             need = required_kw(parts[number].ask, net)
             if need <= 0:
                 continue  # a cap above (floor below) the load now: nothing to give yet
-            minutes = (spec.ends_at - max(spec.starts_at, now)).total_seconds() / 60
-            have = await self._capacity_kw(conn, snapshot, spec, minutes)
-            if have < self.cfg.capacity_margin * need:
+            have = await capacity_for(
+                conn, snapshot, spec, now, calendar=self.calendar, max_age_s=self.cfg.telemetry_max_age_s
+            )
+            if have.kw < self.cfg.capacity_margin * need:
+                minutes = (spec.ends_at - max(spec.starts_at, now)).total_seconds() / 60
                 raise Refusal(
                     f"asks {need:.0f} kW ({spec.direction.value}) from {spec.starts_at.isoformat()} for"
-                    f" {minutes:.0f} min; {have:.0f} kW available in scope now",
+                    f" {minutes:.0f} min; {have.kw:.0f} kW available in scope {have.basis}",
                     MUST_RUN,
                 )
         return await self._reconcile(conn, event_id, modification, specs)
-
-    async def _capacity_kw(
-        self, conn: psycopg.AsyncConnection[Any], snapshot: FleetSnapshot, spec: EventSpec, minutes: float
-    ) -> float:
-        if spec.scope is EventScope.COUNTY and spec.direction is Direction.REDUCE:
-            register = await capacity_register(conn, self.cfg.telemetry_max_age_s, horizon_min=minutes)
-            return register.total_kw
-        window = Window(minutes)
-        return sum(m.flexibility(spec.direction, window).available_kw for m in snapshot.resources.values())
 
     async def _reconcile(
         self,
@@ -270,7 +266,7 @@ class Ven:
         why = f"VTN modification {modification}"
         for number, gone in live.items():
             if number not in specs:
-                await ostore.cancel_event(conn, gone["id"], self.source, f"removed by {why}")
+                await dr_events.cancel_event(conn, gone["id"], self.source, f"removed by {why}")
         ids = []
         for number, spec in sorted(specs.items()):
             row = live.get(number)
@@ -278,18 +274,19 @@ class Ven:
                 if _same_request(spec, spec_of(row)):
                     ids.append(row["id"])
                     continue
-                if row["state"] == "scheduled" and await ostore.amend_event(
-                    conn, row["id"], spec, self.source
+                if row["state"] == "scheduled" and await dr_events.amend_event(
+                    conn, row["id"], spec.model_dump(), self.source
                 ):
                     ids.append(row["id"])
                     continue
-                await ostore.cancel_event(conn, row["id"], self.source, f"replaced by {why}")
+                await dr_events.cancel_event(conn, row["id"], self.source, f"replaced by {why}")
             key = f"{event_id}#{number}"
             if key in keys:
                 key = f"{key}@{modification}"
-            ids.append(
-                await ostore.create_event(conn, spec, self.source, source=self.source, external_id=key)
+            created = await dr_events.create_event(
+                conn, spec.model_dump(), self.source, source=self.source, external_id=key
             )
+            ids.append(int(created["id"]))
         return ids
 
     async def _cancel_parts(
@@ -297,7 +294,7 @@ class Ven:
     ) -> list[int]:
         done = []
         for row in await ostore.parts_of(conn, self.source, event_id):
-            if row["state"] in LIVE_STATES and await ostore.cancel_event(
+            if row["state"] in LIVE_STATES and await dr_events.cancel_event(
                 conn, row["id"], self.source, reason
             ):
                 done.append(int(row["id"]))

@@ -1,9 +1,6 @@
-"""The VEN's database side: events created, amended and cancelled on a VTN's behalf (audited by
-migration 0010's triggers, with the actor set in the same transaction, as the API does), the scope a
-VTN's targets name, and the VEN's answers (migration 0013).
-
-``create_event`` and ``amend_event`` write the same columns as the API's handlers (``EventSpec``'s
-fields), plus the event's source and external id; cancelling goes through ``store.transition``.
+"""The VEN's database side: the Lishui events made for a VTN's events (read here; written through
+``core.dr_events``, as the API writes them), the scope a VTN's targets name, and the VEN's answers
+(migration 0013).
 """
 
 from __future__ import annotations
@@ -18,28 +15,18 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dr_controller import store
-from dr_controller.events import EventScope, EventSpec, EventState
+from core.dr_events import COLUMNS
+from dr_controller.events import EventScope
 from dr_controller.openadr_mapping import Refusal, Selector
 
 __all__ = [
     "Answer",
-    "amend_event",
-    "cancel_event",
-    "create_event",
     "last_answer",
     "live_events",
     "parts_of",
     "record_answer",
     "resolve_scope",
 ]
-
-FIELDS = tuple(EventSpec.model_fields)
-COLUMNS = f"{store.EVENT_COLUMNS}, reason, source, external_id"
-
-
-def _values(spec: EventSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="python") | {"scope": spec.scope.value, "kind": spec.kind.value}
 
 
 async def resolve_scope(conn: psycopg.AsyncConnection[Any], sel: Selector) -> dict[str, Any]:
@@ -61,42 +48,6 @@ async def resolve_scope(conn: psycopg.AsyncConnection[Any], sel: Selector) -> di
             return {"scope": EventScope.FEEDER, "feeder": sel.group}
         raise Refusal(f"group {sel.group!r} is neither a town nor a feeder")
     return {"scope": EventScope.COUNTY}
-
-
-async def create_event(
-    conn: psycopg.AsyncConnection[Any], spec: EventSpec, actor: str, *, source: str, external_id: str
-) -> int:
-    columns = (*FIELDS, "source", "external_id")
-    async with conn.transaction():
-        await conn.execute("SELECT set_config('lishui.actor', %s, true)", (actor,))
-        cur = await conn.execute(
-            f"INSERT INTO dr_events ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})"
-            " RETURNING id",
-            _values(spec) | {"source": source, "external_id": external_id},
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-async def amend_event(conn: psycopg.AsyncConnection[Any], event_id: int, spec: EventSpec, actor: str) -> bool:
-    """Replace a scheduled event's request; False if it is no longer scheduled."""
-    async with conn.transaction():
-        await conn.execute("SELECT set_config('lishui.actor', %s, true)", (actor,))
-        cur = await conn.execute(
-            f"UPDATE dr_events SET {', '.join(f'{f} = %({f})s' for f in FIELDS)}"
-            " WHERE id = %(id)s AND state = 'scheduled'",
-            _values(spec) | {"id": event_id},
-        )
-        return cur.rowcount == 1
-
-
-async def cancel_event(conn: psycopg.AsyncConnection[Any], event_id: int, actor: str, reason: str) -> bool:
-    """Scheduled or active -> cancelled (the controller restores what an active one touched)."""
-    for state in (EventState.SCHEDULED, EventState.ACTIVE):
-        if await store.transition(conn, event_id, state, EventState.CANCELLED, actor, reason):
-            return True
-    return False
 
 
 async def parts_of(

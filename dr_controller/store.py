@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core.dr_events import EVENT_FIELDS
 from dr_controller.events import EventState
 
 __all__ = [
@@ -33,10 +34,7 @@ __all__ = [
     "transition",
 ]
 
-EVENT_COLUMNS = (
-    "id, kind, target_kw, cap_kw, floor_kw, starts_at, ends_at, notice, scope, town_id, feeder,"
-    " site_ids, baseline, state, version"
-)
+EVENT_COLUMNS = f"id, {', '.join(EVENT_FIELDS)}, state, version"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import psycopg
 import pytest
 
+from api.app import create_app
 from core import db
 from core.settings import DatabaseSettings, Settings
 
@@ -52,6 +54,16 @@ def settings(db_dsn: str) -> Settings:
 async def conn(db_dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over ASGI (lifespan run: its pool open) on the test database, one per module."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+            yield c
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

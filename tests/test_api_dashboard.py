@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
-from api.app import STATIC_DIR, create_app
+from api.app import STATIC_DIR
 from core.metrics import BY_NAME
-from core.settings import Settings
 
 JS_TYPES = ("text/javascript", "application/javascript")
 IMPORT_RE = re.compile(r"""^import\s.*?\sfrom\s+"([^"]+)";""", re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
-            yield c
 
 
 def _media_type(response: httpx.Response) -> str:

@@ -5,7 +5,6 @@ registry and live telemetry."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -13,10 +12,9 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+from dr_harness import past_event
 
-from api.app import create_app
 from core import registry
-from core.settings import Settings
 from dr_controller.baselines import CHINA
 
 START = datetime(2031, 3, 5, 1, 0, tzinfo=UTC)  # far from any other test's events
@@ -32,15 +30,6 @@ def body(**kw: Any) -> dict[str, Any]:
     }
     out.update(kw)
     return out
-
-
-@pytest.fixture(scope="module")
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
-            yield c
 
 
 async def test_create_amend_cancel_with_audit(client: httpx.AsyncClient) -> None:
@@ -205,20 +194,7 @@ async def test_baseline_backtest_reports_per_method_error_on_non_event_days(
                 " VALUES (%s, %s, 1, 1, %s, 0, 0, 0, %s)",
                 rows,
             )
-        starts = datetime.combine(BT_EVENT_DAY, time(17, 0), CHINA)
-        cur = await conn.execute(
-            "INSERT INTO dr_events (kind, target_kw, starts_at, ends_at, notice, scope)"
-            " VALUES ('peak_shaving', 100, %s, %s, 'intraday', 'county') RETURNING id",
-            (starts, starts + timedelta(hours=1)),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        await conn.execute(
-            "INSERT INTO dr_event_runtime (event_id, baseline_used, controller, activated_at, restored_at)"
-            " VALUES (%s, 'meter_before', 'test', %s, %s)",
-            (row[0], starts, starts),
-        )
-        await conn.execute("UPDATE dr_events SET state = 'cancelled' WHERE id = %s", (row[0],))
+        await past_event(conn, datetime.combine(BT_EVENT_DAY, time(17, 0), CHINA), 100)
 
     url = "/api/v1/dr/baselines/backtest"
     common = {"until": BT_UNTIL.isoformat(), "days": 5}

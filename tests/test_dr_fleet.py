@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from dr_harness import event_row
 
 from core import registry
 from dr_controller.controller import Controller, EventRun, LoopTuning, spec_of
@@ -91,17 +92,7 @@ def test_measurement_signs_and_program_baseline() -> None:
 
 def test_integrator_holds_during_ramp_in_then_corrects_with_gain_below_one() -> None:
     start = datetime(2026, 7, 15, 1, 30, tzinfo=UTC)
-    row = {
-        "id": 1,
-        "kind": "peak_shaving",
-        "target_kw": 1000.0,
-        "starts_at": start,
-        "ends_at": start + timedelta(hours=1),
-        "notice": "intraday",
-        "scope": "county",
-        "baseline": "meter_before_15min",
-        "state": "active",
-    }
+    row = event_row("peak_shaving", 1000.0, start)
     run = EventRun(EventRecord(row), spec_of(row), {}, {}, None, allocated_kw=1000.0)
     ctl = Controller.__new__(Controller)
     ctl.tuning = LoopTuning(gain=0.5, ramp_in_min=5)

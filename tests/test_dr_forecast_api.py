@@ -11,7 +11,6 @@ the county is checked as the sum of what it is made of."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -19,10 +18,9 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+from dr_harness import flex_site, write_history
 
-from api.app import create_app
 from core import registry
-from core.settings import Settings
 from dr_controller.baselines import CHINA, SLOTS_PER_DAY, Calendar
 from dr_controller.forecast import PvArray, clear_sky_index, cloud_slots, pv_basis
 from ingest.maintenance import refresh_rollups
@@ -48,32 +46,6 @@ CLOUD = [0.0] * 12 + [1.0] * 12  # clear morning, overcast afternoon
 
 def load_of(profile: np.ndarray, day: date) -> np.ndarray:
     return profile if CALENDAR.is_working_day(day) else 0.6 * profile
-
-
-@pytest.fixture(scope="module")
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
-            yield c
-
-
-async def write_history(
-    conn: psycopg.AsyncConnection[Any], device_id: int, day: date, kw: np.ndarray
-) -> None:
-    """A day of 15-minute rollup rows straight into telemetry_15m (W): what ingest's refresh leaves."""
-    start = datetime.combine(day, datetime.min.time(), CHINA)
-    rows = [
-        (start + timedelta(minutes=15 * slot), device_id, 3, 3 * value * 1000, value * 1000)
-        for slot, value in enumerate(kw)
-    ]
-    async with conn.cursor() as cur:
-        async with cur.copy(
-            "COPY telemetry_15m (bucket, device_id, metric_id, n, sum, min, max, last, last_ts) FROM STDIN"
-        ) as copy:
-            for bucket, device, n, total, value in rows:
-                await copy.write_row((bucket, device, 1, n, total, value, value, value, bucket))
 
 
 async def write_kw(conn: psycopg.AsyncConnection[Any], device_id: int, day: date, kw: np.ndarray) -> None:
@@ -231,16 +203,7 @@ async def test_day_ahead_capacity_register(
     tag = uuid.uuid4().hex[:6]
     site = f"fc-flex-{tag}"
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
-        await registry.upsert_site(conn, site, "flex park", town_key="jinluo", tier=4)
-        flex = await registry.upsert_device(
-            conn,
-            f"{site}-load",
-            site,
-            "load",
-            profile="lixian-flexload-v1",
-            rated_power_w=1_000_000,
-            attributes={"floor_w": 300_000, "max_curtailable_w": 400_000},
-        )
+        flex = await flex_site(conn, site)
         await registry.upsert_device(
             conn,
             f"{site}-bess",

@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import psycopg
 import pytest
+from dr_harness import fast_loop_settings, flex_site, until, wait_live, write_history
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -33,10 +34,15 @@ from openleadr import OpenADRServer, hooks, utils
 from openleadr.service import OptService, handler
 from psycopg.rows import dict_row
 
-from core.settings import DrSettings, IngestSettings, OpenAdrSettings, Settings
+from core.settings import OpenAdrSettings, Settings
+from dr_controller.baselines import SLOTS_PER_DAY
 from dr_controller.controller import LoopTuning
-from dr_controller.events import EventKind, EventScope, Notice
+from dr_controller.events import EventKind, EventScope, EventSpec, Notice
+from dr_controller.fleet import build_resources
+from dr_controller.forecast import PLAIN_WEEK
+from dr_controller.forecast_capacity import day_ahead_register
 from dr_controller.openadr import run_ven
+from dr_controller.openadr_capacity import DAY_AHEAD, NOW, Capacity, capacity_for
 from dr_controller.openadr_mapping import (
     GRID,
     MUST_RUN,
@@ -241,6 +247,52 @@ def test_specs_carry_scope_notice_and_stable_part_numbers() -> None:
     assert list(later) == [1, 2] and later[1].notice is Notice.INTRADAY and later[2].target_kw == 900.0
 
 
+# -- capacity: now, or by the day-ahead register ------------------------------------------------------
+
+CAPACITY_DAY = date(2029, 3, 14)  # a Wednesday: no other test has history or forecasts near it
+
+
+async def test_a_later_days_county_event_is_judged_by_the_day_ahead_register_once_forecast(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    """A flexible load with a week of history at 600 kW and no live reading: invisible to the capacity
+    now, counted by the day-ahead register (600 forecast - 300 floor) once the day has forecasts."""
+    site = f"oadr-cap-{uuid.uuid4().hex[:6]}"
+    load = await flex_site(conn, site)
+    for back in range(1, 8):
+        await write_history(conn, load, CAPACITY_DAY - timedelta(days=back), np.full(SLOTS_PER_DAY, 600.0))
+    starts_at = datetime.combine(CAPACITY_DAY, datetime.min.time(), SHANGHAI) + timedelta(hours=17)
+    spec = EventSpec(
+        kind=EventKind.PEAK_SHAVING,
+        target_kw=100.0,
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(hours=1),
+        notice=Notice.DAY_AHEAD,
+    )
+    evening_before = starts_at - timedelta(hours=20)
+
+    async def judged(now: datetime, part: EventSpec = spec) -> Capacity:
+        return await capacity_for(
+            conn, build_resources([], {}), part, now, calendar=PLAIN_WEEK, max_age_s=15.0
+        )
+
+    assert (await judged(evening_before)).basis == NOW, "no forecasts for the day yet"
+    await conn.execute(  # the county's load forecast of the day, as the leader's daily run leaves it
+        "INSERT INTO forecasts (issued_at, target_day, kind, method, kw)"
+        " VALUES (now(), %s, 'load', 'test', %s)",
+        (CAPACITY_DAY, [600.0] * SLOTS_PER_DAY),
+    )
+    day_ahead = await judged(evening_before)
+    register = (await day_ahead_register(conn, CAPACITY_DAY, 17 * 4, 4)).register
+    assert day_ahead.basis == DAY_AHEAD and day_ahead.kw == pytest.approx(register.total_kw)
+    assert f"{site}-load" not in register.excluded
+    assert register.towns["jinluo"]["flexible_load"] >= 300 - 1e-6
+    assert (await judged(starts_at - timedelta(hours=1))).basis == NOW, "on the day itself: now"
+    late = starts_at + timedelta(hours=6, minutes=30)
+    past_midnight = spec.model_copy(update={"starts_at": late, "ends_at": late + timedelta(hours=1)})
+    assert (await judged(evening_before, past_midnight)).basis == NOW, "the register covers one day"
+
+
 # -- the VEN against a real VTN, driving the simulated park ---------------------------------------------
 
 VTN_ID = "LISHUI-TEST-VTN"  # OpenADR wants the vtnID not all lower case (openleadr flags it)
@@ -352,34 +404,13 @@ class Park:
     dsn: str
 
 
-async def _wait_live(dsn: str, keys: list[str], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM devices d WHERE d.key = ANY(%s) AND EXISTS (SELECT 1 FROM telemetry t"
-                " WHERE t.device_id = d.id AND t.metric_id = 1 AND t.ts > now() - interval '5 seconds')",
-                (keys,),
-            )
-            row = await cur.fetchone()
-            if row and row[0] == len(keys):
-                return
-            assert time.monotonic() < deadline, f"only {row} of {len(keys)} devices live"
-            await asyncio.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 async def park(settings: Settings, db_dsn: str) -> AsyncIterator[Park]:
     """The park's devices through gateway and ingest into the database, and the controller leading."""
     scenario = load_scenario("default")
     await seed_registry(settings, scenario)
     await seed_dr_attributes(settings, scenario)
-    park_settings = settings.model_copy(
-        update={
-            "dr": DrSettings(control_interval_s=1.0, hold_s=10.0, command_expiry_s=5.0),
-            "ingest": IngestSettings(batch_max_delay_s=0.3, client_id=f"oadr-ingest-{uuid.uuid4().hex[:6]}"),
-        }
-    )
+    park_settings = fast_loop_settings(settings, "oadr", control_interval_s=1.0)
     clock = SimClock(factor=FACTOR, start=SIM_START)
     async with serve_fleet(scenario, base_port=0, clock=clock) as fleet:
         gateway = gateway_config(scenario, fleet.endpoints, name=f"oadr-{uuid.uuid4().hex[:6]}")
@@ -395,7 +426,8 @@ async def park(settings: Settings, db_dsn: str) -> AsyncIterator[Park]:
                 ),
             ]
             try:
-                await _wait_live(db_dsn, [d.key for d in scenario.devices if d.kind in DR_KINDS])
+                keys = [d.key for d in scenario.devices if d.kind in DR_KINDS]
+                await wait_live(db_dsn, keys, fresh_s=5.0, poll_s=0.5)
                 yield Park(park_settings, clock, db_dsn)
             finally:
                 async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
@@ -451,16 +483,6 @@ async def _rows(conn: psycopg.AsyncConnection, sql: str, *params: Any) -> list[d
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
         return await cur.fetchall()
-
-
-async def _until(check: Callable[[], Awaitable[Any]], within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: not within {within} s"
-        await asyncio.sleep(0.25)
 
 
 async def _parts(conn: psycopg.AsyncConnection, event_id: str) -> list[dict[str, Any]]:
@@ -528,12 +550,12 @@ async def test_vtn_event_is_opted_in_delivered_reported_and_cancelled(park: Park
                 starts_at + timedelta(minutes=6),
             )
 
-        await _until(delivering, 45, "the controller delivering 90 % of the target after its ramp-in")
+        await until(delivering, 45, "the controller delivering 90 % of the target after its ramp-in")
 
         async def reported() -> bool:
             return any(v >= 0.5 * target_kw for _, v in vtn.reports["delivered_kw"])
 
-        await _until(reported, 15, "the delivered response reported to the VTN")
+        await until(reported, 15, "the delivered response reported to the VTN")
         assert vtn.reports["load_kw"], "the load report reached the VTN"
 
         vtn.server.cancel_event(VEN_ID, event_id)
@@ -546,7 +568,7 @@ async def test_vtn_event_is_opted_in_delivered_reported_and_cancelled(park: Park
                 row["id"],
             )
 
-        await _until(restored, 15, "the cancelled event restored by the controller")
+        await until(restored, 15, "the cancelled event restored by the controller")
         assert await _audit(conn, row["id"]) == [
             (SOURCE, "created"),
             ("dr_controller:oadr", "activated"),
@@ -593,7 +615,7 @@ async def test_what_lishui_cannot_serve_is_opted_out_with_reasons(park: Park) ->
         async def reasons_at_vtn() -> bool:
             return all(vtn.opt_reasons(e) for e in (too_much, priced, nowhere))
 
-        await _until(reasons_at_vtn, 10, "the opt-out reasons at the VTN's EiOpt")
+        await until(reasons_at_vtn, 10, "the opt-out reasons at the VTN's EiOpt")
         assert vtn.opt_reasons(too_much) == [MUST_RUN]
 
 
@@ -627,10 +649,10 @@ async def test_modifications_amend_split_and_cancel_the_parts_and_a_restart_chan
             vtn.modify(event_id, level_1_throughout)
 
             async def merged() -> list[dict[str, Any]]:
-                rows = await _parts(conn, event_id)
-                return rows if rows[1]["state"] == "cancelled" else []
+                rows = await _parts(conn, event_id)  # the second part cancelled, then the first amended
+                return rows if rows[1]["state"] == "cancelled" and rows[0]["version"] > 1 else []
 
-            first, second = await _until(merged, 15, "the modification applied")
+            first, second = await until(merged, 15, "the modification applied")
             assert (first["state"], first["ends_at"], first["version"]) == (
                 "scheduled",
                 starts_at + timedelta(hours=2),
@@ -648,7 +670,7 @@ async def test_modifications_amend_split_and_cancel_the_parts_and_a_restart_chan
             async def answered_again() -> list[tuple[str, int, str]]:
                 return [r for r in vtn.responses[heard:] if r[0] == event_id]
 
-            assert await _until(answered_again, 15, "the restarted VEN's answer") == [(event_id, 1, "optIn")]
+            assert await until(answered_again, 15, "the restarted VEN's answer") == [(event_id, 1, "optIn")]
             assert await _parts(conn, event_id) == before
 
             vtn.server.cancel_event(VEN_ID, event_id)
@@ -656,7 +678,7 @@ async def test_modifications_amend_split_and_cancel_the_parts_and_a_restart_chan
             async def cancelled() -> bool:
                 return (await _parts(conn, event_id))[0]["state"] == "cancelled"
 
-            await _until(cancelled, 15, "the VTN's cancellation applied")
+            await until(cancelled, 15, "the VTN's cancellation applied")
         answers = await _rows(
             conn,
             "SELECT modification_number, opt FROM openadr_responses WHERE event_id = %s ORDER BY 1",

@@ -12,26 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import aiomqtt
 import psycopg
 import pytest
+from dr_harness import (
+    Commands,
+    fast_loop_settings,
+    interval_response_from_telemetry,
+    limited,
+    next_boundary,
+    record_commands,
+    sim_sleep_until,
+    wait_live,
+)
 
-from core import topics
-from core.settings import DrSettings, IngestSettings, Settings
+from core.settings import Settings
 from dr_controller.controller import LoopTuning
 from dr_controller.service import run_dr_controller
 from gateway.config import GatewayConfig
 from gateway.service import run_gateway
 from ingest.service import run_ingest
-from lishui.composition import gateway_config, seed_registry
+from lishui.composition import gateway_config, seed_dr_attributes, seed_registry
 from simulators.clock import SimClock
 from simulators.fleet import Fleet, serve_fleet
 from simulators.scenario import Scenario, load_scenario
@@ -40,10 +47,7 @@ FACTOR = 60.0
 # A Wednesday morning: the industrial load shapes are flat from 08:30 to 11:30.
 START = datetime.fromisoformat("2026-07-15T09:02:00+08:00")
 DR_KINDS = ("hydro", "load", "battery")
-# Scenario sim parameters the resource models need, copied into the registry's device attributes.
-ATTRIBUTES = ("head_m", "reservoir_area_m2", "min_level_m", "floor_w", "max_curtailable_w", "capacity_wh")
 HOLD_S = 10.0
-INTERVAL = timedelta(minutes=15)
 
 
 @dataclass
@@ -54,14 +58,10 @@ class County:
     clock: SimClock
     tiers: dict[str, int]  # device key -> effective tier
     hydro_initial_w: dict[str, float]  # each hydro unit's own setpoint before any command
-    commands: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (site, device, cmd)
+    commands: Commands = field(default_factory=list)
 
     def dr_devices(self) -> list[str]:
         return [d.key for d in self.scenario.devices if d.kind in DR_KINDS]
-
-    def wall_of(self, sim: datetime) -> datetime:
-        """The wall time at which the simulation's clock shows ``sim``."""
-        return datetime.now(UTC) - (self.clock.now() - sim) / FACTOR
 
 
 def _gateway(scenario: Scenario, fleet: Fleet) -> GatewayConfig:
@@ -75,55 +75,12 @@ def _gateway(scenario: Scenario, fleet: Fleet) -> GatewayConfig:
     return config.model_copy(update={"devices": devices})
 
 
-async def _seed_attributes(dsn: str, scenario: Scenario) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for d in scenario.devices:
-            attrs = {k: v for k, v in d.sim.items() if k in ATTRIBUTES}
-            if attrs:
-                await conn.execute(
-                    "UPDATE devices SET attributes = attributes || %s::jsonb WHERE key = %s",
-                    (json.dumps(attrs), d.key),
-                )
-
-
-async def _record_commands(settings: Settings, county: County) -> None:
-    async with aiomqtt.Client(
-        settings.mqtt.host, settings.mqtt.port, identifier=f"dr-spy-{uuid.uuid4().hex[:8]}"
-    ) as client:
-        await client.subscribe(topics.subscription(topics.Channel.CMD, settings.topic_root), qos=1)
-        async for message in client.messages:
-            address = topics.parse(str(message.topic), settings.topic_root)
-            assert isinstance(message.payload, bytes)
-            county.commands.append((address.site, address.device, json.loads(message.payload)))
-
-
-async def _wait_live(dsn: str, keys: list[str], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM devices d WHERE d.key = ANY(%s) AND EXISTS (SELECT 1 FROM telemetry t"
-                " WHERE t.device_id = d.id AND t.metric_id = 1 AND t.ts > now() - interval '10 seconds')",
-                (keys,),
-            )
-            row = await cur.fetchone()
-            if row and row[0] == len(keys):
-                return
-            assert time.monotonic() < deadline, f"only {row} of {len(keys)} devices live"
-            await asyncio.sleep(1.0)
-
-
 @pytest.fixture(scope="module")
 async def county(settings: Settings, db_dsn: str) -> AsyncIterator[County]:
     scenario = load_scenario("county")
     await seed_registry(settings, scenario)
-    await _seed_attributes(db_dsn, scenario)
-    dr_settings = settings.model_copy(
-        update={
-            "dr": DrSettings(control_interval_s=2.0, hold_s=HOLD_S, command_expiry_s=5.0),
-            "ingest": IngestSettings(batch_max_delay_s=0.3, client_id=f"dr-ingest-{uuid.uuid4().hex[:6]}"),
-        }
-    )
+    await seed_dr_attributes(settings, scenario)
+    dr_settings = fast_loop_settings(settings, "dr", hold_s=HOLD_S)
     site_tier = {s.key: s.tier for s in scenario.sites}
     tiers = {d.key: d.tier if d.tier is not None else site_tier[d.site] for d in scenario.devices}
     clock = SimClock(factor=FACTOR, start=START)
@@ -134,10 +91,10 @@ async def county(settings: Settings, db_dsn: str) -> AsyncIterator[County]:
             services = [
                 tg.create_task(run_ingest(dr_settings), name="ingest"),
                 tg.create_task(run_gateway(dr_settings, _gateway(scenario, fleet)), name="gateway"),
-                tg.create_task(_record_commands(dr_settings, county), name="spy"),
+                tg.create_task(record_commands(dr_settings, county.commands), name="spy"),
             ]
             try:
-                await _wait_live(db_dsn, county.dr_devices())
+                await wait_live(db_dsn, county.dr_devices())
                 yield county
             finally:
                 for task in services:
@@ -156,16 +113,6 @@ async def _create_event(dsn: str, starts_at: datetime, minutes: int, target_kw: 
         return int(row[0])
 
 
-def _next_boundary(now: datetime, lead: timedelta) -> datetime:
-    t = now + lead
-    epoch = t.timestamp()
-    return datetime.fromtimestamp(epoch - epoch % 900 + (900 if epoch % 900 else 0), UTC)
-
-
-async def _sim_sleep_until(clock: SimClock, sim: datetime) -> None:
-    await asyncio.sleep(max(0.0, (sim - clock.now()).total_seconds() / FACTOR))
-
-
 async def _state(conn: psycopg.AsyncConnection, event_id: int) -> str:
     cur = await conn.execute("SELECT state FROM dr_events WHERE id = %s", (event_id,))
     row = await cur.fetchone()
@@ -174,44 +121,7 @@ async def _state(conn: psycopg.AsyncConnection, event_id: int) -> str:
 
 
 def _limited(county: County) -> dict[str, str]:
-    """Simulated DR devices still under a command: a load curtailed, a battery under remote control, a
-    hydro unit neither at its own setpoint nor at the profile's default (rated: follow the water)."""
-    out = {}
-    for key in county.dr_devices():
-        dev: Any = county.fleet.device(key)
-        dev.sync()
-        if dev.kind == "load" and dev.physics.setpoint_w != 0:
-            out[key] = f"curtailment setpoint {dev.physics.setpoint_w}"
-        elif dev.kind == "hydro" and dev.physics.setpoint_w not in (
-            county.hydro_initial_w[key],
-            dev.physics.p.rated_w,
-        ):
-            out[key] = f"output setpoint {dev.physics.setpoint_w} of {dev.physics.p.rated_w}"
-        elif dev.kind == "battery" and dev.sunspec.get_raw(124, "StorCtl_Mod") not in (0, None):
-            out[key] = f"StorCtl_Mod {dev.sunspec.get_raw(124, 'StorCtl_Mod')}"
-    return out
-
-
-async def _interval_delivery_from_telemetry(
-    conn: psycopg.AsyncConnection, county: County, event_id: int, starts_at: datetime, slots: int
-) -> list[float]:
-    """Delivered kW per interval recomputed here from raw telemetry (interval means per device) against
-    the references the controller stored at activation: independent of the controller's own sums."""
-    delivered = []
-    for i in range(slots):
-        lo, hi = county.wall_of(starts_at + i * INTERVAL), county.wall_of(starts_at + (i + 1) * INTERVAL)
-        cur = await conn.execute(
-            "SELECT coalesce(sum(CASE WHEN r.produces THEN a.kw - r.reference_kw"
-            "                        ELSE r.reference_kw - a.kw END), 0)"
-            " FROM dr_references r JOIN LATERAL (SELECT avg(value) / 1000 AS kw FROM telemetry t"
-            "   WHERE t.device_id = r.device_id AND t.metric_id = 1 AND t.ts >= %s AND t.ts < %s) a ON true"
-            " WHERE r.event_id = %s AND a.kw IS NOT NULL",
-            (lo, hi, event_id),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        delivered.append(float(row[0]))
-    return delivered
+    return limited(county.fleet, county.dr_devices(), county.hydro_initial_w)
 
 
 async def _until(check: Callable[[], bool], within: float) -> bool:
@@ -241,13 +151,13 @@ async def test_one_hour_18_mw_event_is_delivered_tier0_spared_and_everything_res
     county: County, db_dsn: str
 ) -> None:
     settings, clock = county.settings, county.clock
-    starts_at = _next_boundary(clock.now(), timedelta(minutes=16))  # 15 event minutes of meter-before
+    starts_at = next_boundary(clock.now(), timedelta(minutes=16))  # 15 event minutes of meter-before
     event_id = await _create_event(db_dsn, starts_at, 60, 18_000.0)
     async with (
         _controller(settings, "scenario", clock),
         await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn,
     ):
-        await _sim_sleep_until(clock, starts_at + timedelta(minutes=60))
+        await sim_sleep_until(clock, starts_at + timedelta(minutes=60))
         deadline = time.monotonic() + 20
         while await _state(conn, event_id) != "completed":
             assert time.monotonic() < deadline, "event not completed"
@@ -268,7 +178,7 @@ async def test_one_hour_18_mw_event_is_delivered_tier0_spared_and_everything_res
             (starts_at, event_id),
         )
         intervals = await cur.fetchall()
-        independent = await _interval_delivery_from_telemetry(conn, county, event_id, starts_at, 4)
+        independent = await interval_response_from_telemetry(conn, clock, event_id, starts_at, 4)
         cur = await conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE status = 'accepted'),"
             " count(*) FILTER (WHERE status IN ('rejected', 'failed', 'expired'))"
@@ -324,7 +234,7 @@ async def test_standby_takes_over_and_holds_expire_when_every_controller_dies(
     county: County, db_dsn: str
 ) -> None:
     settings, clock = county.settings, county.clock
-    starts_at = _next_boundary(clock.now(), timedelta(minutes=2))
+    starts_at = next_boundary(clock.now(), timedelta(minutes=2))
     event_id = await _create_event(db_dsn, starts_at, 30, 12_000.0)
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
         first = asyncio.create_task(
@@ -338,7 +248,7 @@ async def test_standby_takes_over_and_holds_expire_when_every_controller_dies(
             run_dr_controller(settings, name="beta", clock=clock, tuning=LoopTuning(max_age_s=15.0))
         )
         try:
-            await _sim_sleep_until(clock, starts_at + timedelta(minutes=8))
+            await sim_sleep_until(clock, starts_at + timedelta(minutes=8))
             cur = await conn.execute(
                 "SELECT count(*) FROM dr_dispatches WHERE event_id = %s AND controller = 'alpha'", (event_id,)
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,12 +20,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiomqtt
 import psycopg
 import pytest
+from dr_harness import (
+    INTERVAL,
+    Commands,
+    event_row,
+    fast_loop_settings,
+    interval_response_from_telemetry,
+    limited,
+    next_boundary,
+    record_commands,
+    sim_sleep_until,
+    wait_live,
+    wall_of,
+)
 
-from core import topics
-from core.settings import DrSettings, IngestSettings, Settings
+from core.settings import Settings
 from dr_controller import store
 from dr_controller.controller import Controller, EventRun, LoopTuning, Sent, spec_of
 from dr_controller.fleet import DeviceInfo, build_resources
@@ -35,7 +45,7 @@ from dr_controller.resources import Direction
 from dr_controller.service import run_dr_controller
 from gateway.service import run_gateway
 from ingest.service import run_ingest
-from lishui.composition import gateway_config, seed_registry
+from lishui.composition import gateway_config, seed_dr_attributes, seed_registry
 from simulators.clock import SimClock
 from simulators.fleet import Fleet, serve_fleet
 from simulators.scenario import Scenario
@@ -44,7 +54,6 @@ FACTOR = 60.0
 START = datetime.fromisoformat("2026-07-15T02:02:00+08:00")  # a Wednesday night: flat base loads
 TARGET_KW = 700.0
 EVENT_MIN = 45
-INTERVAL = timedelta(minutes=15)
 HOLD_S = 10.0
 TAG = uuid.uuid4().hex[:6]
 
@@ -97,9 +106,6 @@ def _scenario() -> Scenario:
     )
 
 
-ATTRIBUTES = ("reservoir_area_m2", "capacity_wh")
-
-
 @dataclass
 class Park:
     settings: Settings
@@ -108,7 +114,7 @@ class Park:
     clock: SimClock
     site_ids: list[int]
     hydro_initial_w: dict[str, float]
-    commands: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    commands: Commands = field(default_factory=list)
 
     def keys(self) -> list[str]:
         return [d.key for d in self.scenario.devices]
@@ -116,63 +122,22 @@ class Park:
     def tier_of_site(self, site: str) -> int | None:
         return next((s.tier for s in self.scenario.sites if s.key == site), None)
 
-    def wall_of(self, sim: datetime) -> datetime:
-        return datetime.now(UTC) - (self.clock.now() - sim) / FACTOR
-
 
 async def _seed(settings: Settings, scenario: Scenario) -> list[int]:
     await seed_registry(settings, scenario)
+    await seed_dr_attributes(settings, scenario)
     async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
-        for d in scenario.devices:
-            attrs = {k: v for k, v in d.sim.items() if k in ATTRIBUTES}
-            if attrs:
-                await conn.execute(
-                    "UPDATE devices SET attributes = attributes || %s::jsonb WHERE key = %s",
-                    (json.dumps(attrs), d.key),
-                )
         cur = await conn.execute(
             "SELECT id FROM sites WHERE key = ANY(%s) ORDER BY id", ([s.key for s in scenario.sites],)
         )
         return [int(r[0]) for r in await cur.fetchall()]
 
 
-async def _spy(settings: Settings, park: Park) -> None:
-    async with aiomqtt.Client(
-        settings.mqtt.host, settings.mqtt.port, identifier=f"vf-spy-{uuid.uuid4().hex[:8]}"
-    ) as client:
-        await client.subscribe(topics.subscription(topics.Channel.CMD, settings.topic_root), qos=1)
-        async for message in client.messages:
-            address = topics.parse(str(message.topic), settings.topic_root)
-            assert isinstance(message.payload, bytes)
-            park.commands.append((address.site, address.device, json.loads(message.payload)))
-
-
-async def _wait_live(dsn: str, keys: list[str], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM devices d WHERE d.key = ANY(%s) AND EXISTS (SELECT 1 FROM telemetry t"
-                " WHERE t.device_id = d.id AND t.metric_id = 1 AND t.ts > now() - interval '10 seconds')",
-                (keys,),
-            )
-            row = await cur.fetchone()
-            if row and row[0] == len(keys):
-                return
-            assert time.monotonic() < deadline, f"only {row} of {len(keys)} devices live"
-            await asyncio.sleep(1.0)
-
-
 @pytest.fixture(scope="module")
 async def park(settings: Settings) -> AsyncIterator[Park]:
     scenario = _scenario()
     site_ids = await _seed(settings, scenario)
-    vf_settings = settings.model_copy(
-        update={
-            "dr": DrSettings(control_interval_s=2.0, hold_s=HOLD_S, command_expiry_s=5.0),
-            "ingest": IngestSettings(batch_max_delay_s=0.3, client_id=f"vf-ingest-{TAG}"),
-        }
-    )
+    vf_settings = fast_loop_settings(settings, f"vf-{TAG}", hold_s=HOLD_S)
     clock = SimClock(factor=FACTOR, start=START)
     async with serve_fleet(scenario, base_port=0, clock=clock) as fleet:
         hydro = {k: d.physics.setpoint_w for k, d in fleet.devices.items() if d.kind == "hydro"}  # type: ignore[attr-defined]
@@ -182,10 +147,10 @@ async def park(settings: Settings) -> AsyncIterator[Park]:
             services = [
                 tg.create_task(run_ingest(vf_settings), name="ingest"),
                 tg.create_task(run_gateway(vf_settings, config), name="gateway"),
-                tg.create_task(_spy(vf_settings, park), name="spy"),
+                tg.create_task(record_commands(vf_settings, park.commands), name="spy"),
             ]
             try:
-                await _wait_live(settings.db.dsn, park.keys())
+                await wait_live(settings.db.dsn, park.keys())
                 yield park
             finally:
                 for task in services:
@@ -194,51 +159,7 @@ async def park(settings: Settings) -> AsyncIterator[Park]:
 
 def _limited(park: Park) -> dict[str, str]:
     """Simulated devices still under a command of ours."""
-    out = {}
-    for key in park.keys():
-        dev: Any = park.fleet.device(key)
-        dev.sync()
-        if dev.kind == "load" and (dev.physics.setpoint_w or dev.physics.raise_setpoint_w):
-            out[key] = f"curtailment {dev.physics.setpoint_w}, raise {dev.physics.raise_setpoint_w}"
-        elif dev.kind == "hydro" and dev.physics.setpoint_w not in (
-            park.hydro_initial_w[key],
-            dev.physics.p.rated_w,
-        ):
-            out[key] = f"output setpoint {dev.physics.setpoint_w}"
-        elif dev.kind == "battery" and dev.sunspec.get_raw(124, "StorCtl_Mod") not in (0, None):
-            out[key] = f"StorCtl_Mod {dev.sunspec.get_raw(124, 'StorCtl_Mod')}"
-    return out
-
-
-async def _sim_sleep_until(clock: SimClock, sim: datetime) -> None:
-    await asyncio.sleep(max(0.0, (sim - clock.now()).total_seconds() / FACTOR))
-
-
-def _next_boundary(now: datetime, lead: timedelta) -> datetime:
-    epoch = (now + lead).timestamp()
-    return datetime.fromtimestamp(epoch - epoch % 900 + (900 if epoch % 900 else 0), UTC)
-
-
-async def _interval_raise_from_telemetry(
-    conn: psycopg.AsyncConnection, park: Park, event_id: int, starts_at: datetime, slots: int
-) -> list[float]:
-    """The grid's extra load per interval from raw telemetry against the stored references (loads draw
-    more, generators give less, batteries charge): independent of the controller's own sums."""
-    raised = []
-    for i in range(slots):
-        lo, hi = park.wall_of(starts_at + i * INTERVAL), park.wall_of(starts_at + (i + 1) * INTERVAL)
-        cur = await conn.execute(
-            "SELECT coalesce(sum(CASE WHEN r.produces THEN r.reference_kw - a.kw"
-            "                        ELSE a.kw - r.reference_kw END), 0)"
-            " FROM dr_references r JOIN LATERAL (SELECT avg(value) / 1000 AS kw FROM telemetry t"
-            "   WHERE t.device_id = r.device_id AND t.metric_id = 1 AND t.ts >= %s AND t.ts < %s) a ON true"
-            " WHERE r.event_id = %s AND a.kw IS NOT NULL",
-            (lo, hi, event_id),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        raised.append(float(row[0]))
-    return raised
+    return limited(park.fleet, park.keys(), park.hydro_initial_w)
 
 
 async def _wait(conn: psycopg.AsyncConnection, sql: str, args: tuple[Any, ...], within: float) -> Any:
@@ -256,7 +177,7 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
     park: Park, settings: Settings
 ) -> None:
     clock = park.clock
-    starts_at = _next_boundary(clock.now(), timedelta(minutes=5))
+    starts_at = next_boundary(clock.now(), timedelta(minutes=5))
     async with await psycopg.AsyncConnection.connect(settings.db.dsn, autocommit=True) as conn:
         cur = await conn.execute(
             "INSERT INTO dr_events (kind, target_kw, starts_at, ends_at, notice, scope, site_ids)"
@@ -270,9 +191,9 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
             run_dr_controller(park.settings, name=f"vf-{TAG}", clock=clock, tuning=LoopTuning(max_age_s=15.0))
         )
         try:
-            await _sim_sleep_until(clock, starts_at + INTERVAL)
+            await sim_sleep_until(clock, starts_at + INTERVAL)
             assert _limited(park), "mid-event, devices should be under command"
-            await _sim_sleep_until(clock, starts_at + timedelta(minutes=EVENT_MIN))
+            await sim_sleep_until(clock, starts_at + timedelta(minutes=EVENT_MIN))
             runtime = await _wait(
                 conn,
                 "SELECT baseline_used, baseline_note, restored_at FROM dr_event_runtime WHERE event_id = %s",
@@ -289,7 +210,9 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
             (starts_at, event_id),
         )
         intervals = await cur.fetchall()
-        independent = await _interval_raise_from_telemetry(conn, park, event_id, starts_at, 3)
+        independent = await interval_response_from_telemetry(
+            conn, clock, event_id, starts_at, 3, raising=True
+        )
         cur = await conn.execute(
             "SELECT resource_id, op, count(*), count(*) FILTER (WHERE status = 'accepted'),"
             " max(dispatch_kw) FROM dr_dispatches WHERE event_id = %s AND NOT restore GROUP BY 1, 2",
@@ -310,7 +233,7 @@ async def test_valley_event_raises_load_by_the_target_spares_tier0_and_restores(
             "SELECT m.name, max(t.value) FROM telemetry t JOIN devices d ON d.id = t.device_id"
             " JOIN metrics m ON m.id = t.metric_id WHERE d.key = %s"
             " AND m.name IN ('load_raise_w', 'max_raisable_w') AND t.ts >= %s GROUP BY 1",
-            (f"vf-load-c-{TAG}", park.wall_of(starts_at)),
+            (f"vf-load-c-{TAG}", wall_of(clock, starts_at)),
         )
         reported = dict(await cur.fetchall())
     restored = await _restored(park)
@@ -356,17 +279,7 @@ def test_raised_loads_are_judged_by_the_raise_they_report_not_their_drifting_ref
     ceiling: bounded at what it gives, so the shortfall goes elsewhere), and one reports no raise at
     all (judged by measurement against its reference: 20 kW up, bounded)."""
     start = datetime(2026, 7, 15, 2, 0, tzinfo=UTC)
-    row = {
-        "id": 1,
-        "kind": "valley_filling",
-        "target_kw": 300.0,
-        "starts_at": start,
-        "ends_at": start + timedelta(hours=1),
-        "notice": "intraday",
-        "scope": "county",
-        "baseline": "meter_before_15min",
-        "state": "active",
-    }
+    row = event_row("valley_filling", 300.0, start)
     devices = {
         key: DeviceInfo(i, key, "park", 1, "load", "lixian-flexload-v1", 1e6, 4, None, {})
         for i, key in enumerate(("full", "short", "silent"), start=1)

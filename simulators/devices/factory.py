@@ -117,9 +117,8 @@ def build_device(spec: Device, site: Site | None, clock: SimClock) -> SimDevice:
             shape=sim.shape,
             floor_w=sim.floor_w,
             max_curtailable_w=sim.max_curtailable_w,
-            # Not (yet) scenario fields: the defaults (30 % of rated, ceiling at rated) unless given.
-            max_raisable_w=getattr(sim, "max_raisable_w", None),
-            max_load_w=getattr(sim, "max_load_w", None),
+            max_raisable_w=sim.max_raisable_w,
+            max_load_w=sim.max_load_w,
             power_factor=sim.power_factor,
             nominal_v=_nominal_v(sim.nominal_v, rated, MV_10KV_PHASE_V),
             noise=sim.noise,

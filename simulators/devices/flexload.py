@@ -27,6 +27,9 @@ class FlexLoadDevice(SimDevice):
         "energy_import_wh": 1000.0,
         "curtailment_w": 1.0,
         "operating_state": 1.0,
+        "max_curtailable_w": 1.0,
+        "max_raisable_w": 1.0,
+        "load_raise_w": 1.0,
     }
 
     def __init__(
@@ -97,6 +100,9 @@ class FlexLoadDevice(SimDevice):
             "energy_import_wh": ph.energy_wh,
             "curtailment_w": ph.curtailment_w,
             "operating_state": float(ph.state),
+            "max_curtailable_w": ph.p.max_curtailable,
+            "max_raisable_w": ph.p.max_raisable,
+            "load_raise_w": ph.raise_w,
         }
 
     def resolutions(self) -> dict[str, float]:
