@@ -20,14 +20,14 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.deps import ConnDep
-from core import dr_events
-from core.dr_events import COLUMNS
-from dr_controller.baselines import CHINA, PROGRAM_BASELINES, SLOT_MIN, SLOTS_PER_DAY
-from dr_controller.events import EventSpec, EventState
-from dr_controller.fleet import ScopeFilter, load_devices
-from dr_controller.program_baseline import backtest_history
-from dr_controller.report import capacity_register, event_report
-from dr_controller.resources import ResourceKind
+from core.dr import event_writes
+from core.dr.baselines import CHINA, PROGRAM_BASELINES, SLOT_MIN, SLOTS_PER_DAY
+from core.dr.event_writes import COLUMNS
+from core.dr.events import EventSpec, EventState
+from core.dr.fleet import ScopeFilter, load_devices
+from core.dr.program_baseline import backtest_history
+from core.dr.report import capacity_register, event_report
+from core.dr.resources import ResourceKind
 
 router = APIRouter(prefix="/api/v1/dr", tags=["demand response"])
 
@@ -161,7 +161,7 @@ def _refusals() -> Iterator[None]:
 async def create_event(body: EventSpec, conn: ConnDep) -> dict[str, Any]:
     await _check_scope(conn, body)
     with _refusals():
-        return await dr_events.create_event(conn, body.model_dump(), ACTOR, source=SOURCE)
+        return await event_writes.create_event(conn, body.model_dump(), ACTOR, source=SOURCE)
 
 
 @router.put("/events/{event_id}", response_model=Event)
@@ -181,7 +181,7 @@ async def amend_event(
         )
     await _check_scope(conn, body)
     with _refusals():
-        row = await dr_events.amend_event(conn, event_id, body.model_dump(), ACTOR)
+        row = await event_writes.amend_event(conn, event_id, body.model_dump(), ACTOR)
     if row is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} changed state meanwhile")
     return row
@@ -194,7 +194,7 @@ async def cancel_event(event_id: EventId, body: CancelIn, conn: ConnDep) -> dict
     if current["state"] not in (EventState.SCHEDULED, EventState.ACTIVE):
         raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} is {current['state']}: already over")
     with _refusals():
-        row = await dr_events.cancel_event(conn, event_id, ACTOR, body.reason)
+        row = await event_writes.cancel_event(conn, event_id, ACTOR, body.reason)
     if row is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id} changed state meanwhile")
     return row

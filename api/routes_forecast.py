@@ -16,10 +16,10 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.deps import ConnDep
-from dr_controller.baselines import SLOT_MIN, SLOTS_PER_DAY, Calendar
-from dr_controller.forecast import cloud_slots, slot_start
-from dr_controller.forecast_capacity import NoWindow, day_ahead_register
-from dr_controller.forecast_store import (
+from core.dr.baselines import SLOT_MIN, SLOTS_PER_DAY, Calendar
+from core.dr.forecast import cloud_slots, slot_start
+from core.dr.forecast_capacity import NoWindow, day_ahead_register
+from core.dr.forecast_store import (
     NotOver,
     StoredSeries,
     error_report,

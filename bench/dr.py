@@ -38,13 +38,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from dr_controller.allocation import (
-    FlexibilityTable,
-    Target,
-    allocate_lp,
-    allocate_merit_order,
-)
-from dr_controller.resources import (
+from core.dr.resources import (
     Direction,
     EvChargingSite,
     FlexibleLoad,
@@ -52,6 +46,12 @@ from dr_controller.resources import (
     Resource,
     StorageUnit,
     Window,
+)
+from core.dr.target import Target
+from dr_controller.allocation import (
+    FlexibilityTable,
+    allocate_lp,
+    allocate_merit_order,
 )
 
 WINDOW = Window(remaining_min=60, step_min=15)

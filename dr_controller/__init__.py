@@ -1,5 +1,6 @@
-"""Demand response: resources, baselines, allocation, events and settlement.
+"""The demand-response controller service: tiered allocation, the closed-loop dispatch cycle, the daily
+forecast schedule and the OpenADR 2.0b VEN.
 
-The modules here are pure (no I/O) except ``baselines.load_history``, so the coming dispatch loop,
-the API and the benchmarks share one tested core. See ``resources`` for the sign conventions.
+The domain it shares with the API (resources, baselines, events, fleet reads, settlement, reports and
+forecasts) lives in ``core.dr``; see ``core.dr.resources`` for the sign conventions.
 """

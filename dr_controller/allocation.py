@@ -21,7 +21,6 @@ problem, so LP and fallback deliver the same total and the same cost; they may s
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,13 +29,13 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from dr_controller.resources import Direction, Flexibility
+from core.dr.resources import Flexibility
+from core.dr.target import Target
 
 __all__ = [
     "Allocation",
     "FlexibilityTable",
     "Method",
-    "Target",
     "allocate",
     "allocate_lp",
     "allocate_merit_order",
@@ -62,36 +61,6 @@ def priority_rank(tier: int | None) -> int:
 class Method(StrEnum):
     LP = "lp"
     MERIT_ORDER = "merit_order"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """How much the grid must see change, in the event's direction (kW, >= 0)."""
-
-    direction: Direction
-    amount_kw: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.amount_kw) and self.amount_kw >= 0):
-            raise ValueError(f"target must be a finite amount >= 0 kW, got {self.amount_kw}")
-
-    @classmethod
-    def reduction(cls, kw: float) -> Target:
-        return cls(Direction.REDUCE, kw)
-
-    @classmethod
-    def cap(cls, cap_kw: float, aggregate_kw: float) -> Target:
-        """Keep the aggregate load at or under a cap: reduce by what exceeds it (nothing if under)."""
-        return cls(Direction.REDUCE, max(0.0, aggregate_kw - cap_kw))
-
-    @classmethod
-    def increase(cls, kw: float) -> Target:
-        return cls(Direction.RAISE, kw)
-
-    @classmethod
-    def floor(cls, floor_kw: float, aggregate_kw: float) -> Target:
-        """Valley filling to a floor: raise the aggregate load to at least ``floor_kw``."""
-        return cls(Direction.RAISE, max(0.0, floor_kw - aggregate_kw))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 
 from core import topics
+from core.dr.resources import DeviceCommand
 from core.payloads import CommandResult, PayloadError, decode, encode
-from dr_controller.resources import DeviceCommand
 
 __all__ = ["CommandBus"]
 

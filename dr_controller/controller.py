@@ -27,14 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 import psycopg
 
-from core.payloads import CommandResult, CommandStatus, utcnow
-from core.settings import Settings
-from dr_controller import metrics, store
-from dr_controller.allocation import FlexibilityTable, Target, allocate
-from dr_controller.baselines import SLOT_MIN, Calendar, baseline_spec
-from dr_controller.bus import CommandBus
-from dr_controller.events import EventSpec, EventState
-from dr_controller.fleet import (
+from core.dr.baselines import SLOT_MIN, Calendar, baseline_spec
+from core.dr.events import EventSpec, EventState
+from core.dr.fleet import (
     DeviceInfo,
     FleetSnapshot,
     LiveState,
@@ -45,9 +40,15 @@ from dr_controller.fleet import (
     read_latest,
     restore_command,
 )
+from core.dr.program_baseline import METER_BEFORE, program_baseline
+from core.dr.resources import DeviceCommand, Direction, FlexibleLoad, ResourceKind, Window
+from core.dr.target import Target
+from core.payloads import CommandResult, CommandStatus, utcnow
+from core.settings import Settings
+from dr_controller import metrics, store
+from dr_controller.allocation import FlexibilityTable, allocate
+from dr_controller.bus import CommandBus
 from dr_controller.measure import Measurement, measure
-from dr_controller.program_baseline import METER_BEFORE, program_baseline
-from dr_controller.resources import DeviceCommand, Direction, FlexibleLoad, ResourceKind, Window
 
 __all__ = ["Clock", "Controller", "LoopTuning", "WallClock", "observed_response_kw"]
 

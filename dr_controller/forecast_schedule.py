@@ -2,11 +2,11 @@
 
 Each day at ``dr.forecast_at`` local time (``dr.timezone``; 16:00 Asia/Shanghai by default, in time
 for the next day's planning and capacity register) the leading controller issues tomorrow's load and
-PV forecasts for every site and the county (``forecast_store.issue_day_ahead``, the year's holidays
+PV forecasts for every site and the county (``core.dr.forecast_store.issue_day_ahead``, the year's holidays
 from the settings, no cloud input: PV takes the recent typical clear-sky index). At start-up or
 takeover it issues them at once if tomorrow has none yet, or if today's time has passed and none was
 issued since (a missed run); otherwise it waits for the time. Each run also reports yesterday's error
-(``forecast_store.error_report``): the county's figures per kind are logged and exported as gauges;
+(``core.dr.forecast_store.error_report``): the county's figures per kind are logged and exported as gauges;
 the whole report is the API's ``GET /api/v1/forecasts/error``.
 
 The schedule follows the wall clock, not the controller's event clock: forecasts are about calendar
@@ -29,11 +29,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 from prometheus_client import Counter, Gauge
 
+from core.dr.baselines import Calendar
+from core.dr.forecast import PLAIN_WEEK
+from core.dr.forecast_store import ErrorRow, IssuedForecast, error_report, issue_day_ahead
 from core.payloads import utcnow
 from core.settings import Settings
-from dr_controller.baselines import Calendar
-from dr_controller.forecast import PLAIN_WEEK
-from dr_controller.forecast_store import ErrorRow, IssuedForecast, error_report, issue_day_ahead
 
 __all__ = [
     "ForecastRun",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dr_controller.resources import Direction
+from core.dr.resources import Direction
 
 __all__ = ["Measurement", "measure"]
 

@@ -5,7 +5,7 @@ The VEN registers with the VTN (``settings.openadr``), polls it, and answers eve
 - the event is mapped onto Lishui's event model (``openadr_mapping``: signal, intervals, targets ->
   scope), and Lishui opts in when the scope has the capacity (``openadr_capacity``: now, or by the
   day-ahead register for a county-wide peak-shaving part on a later day that has forecasts), creating
-  one ``dr_events`` row per part (``core.dr_events``) with actor and source ``openadr:{vtn id}``
+  one ``dr_events`` row per part (``core.dr.event_writes``) with actor and source ``openadr:{vtn id}``
   (audited); the controller then runs it like any other event;
 - a modification (a higher ``modificationNumber``) amends a scheduled part, or cancels an active part
   and replaces it; a part no longer asked is cancelled; a cancellation cancels every part;
@@ -20,7 +20,7 @@ event the same way and never acts on a stale version.
 The VEN offers one TELEMETRY_USAGE report with two values, from the database: ``load_kw``, the county's
 net load of the responsive resources now (loads and charging minus hydro output and storage discharge,
 the controller's aggregate), and ``delivered_kw``, the delivered response of the VTN's active events
-(their latest 15-minute interval in ``report.event_report``).
+(their latest 15-minute interval in ``core.dr.report.event_report``).
 
 CLI: ``lishui openadr`` (``core.service.run(lambda: run_ven(settings))``).
 """
@@ -38,13 +38,14 @@ import psycopg
 from openleadr import OpenADRClient, enums, objects
 from psycopg_pool import AsyncConnectionPool
 
-from core import dr_events
+from core.dr import event_writes
+from core.dr.baselines import Calendar
+from core.dr.events import EventSpec
+from core.dr.fleet import FleetSnapshot, ScopeFilter, TelemetryMeter
+from core.dr.report import event_report
 from core.settings import Settings
 from dr_controller import openadr_store as ostore
-from dr_controller.baselines import Calendar
 from dr_controller.controller import PRODUCING_KINDS, Clock, WallClock, spec_of
-from dr_controller.events import EventSpec
-from dr_controller.fleet import FleetSnapshot, ScopeFilter, TelemetryMeter
 from dr_controller.openadr_capacity import capacity_for
 from dr_controller.openadr_mapping import (
     MUST_RUN,
@@ -56,7 +57,6 @@ from dr_controller.openadr_mapping import (
     selector,
     to_specs,
 )
-from dr_controller.report import event_report
 
 __all__ = ["R_DELIVERED", "R_LOAD", "Ven", "net_load_kw", "run_ven"]
 
@@ -266,7 +266,7 @@ class Ven:
         why = f"VTN modification {modification}"
         for number, gone in live.items():
             if number not in specs:
-                await dr_events.cancel_event(conn, gone["id"], self.source, f"removed by {why}")
+                await event_writes.cancel_event(conn, gone["id"], self.source, f"removed by {why}")
         ids = []
         for number, spec in sorted(specs.items()):
             row = live.get(number)
@@ -274,16 +274,16 @@ class Ven:
                 if _same_request(spec, spec_of(row)):
                     ids.append(row["id"])
                     continue
-                if row["state"] == "scheduled" and await dr_events.amend_event(
+                if row["state"] == "scheduled" and await event_writes.amend_event(
                     conn, row["id"], spec.model_dump(), self.source
                 ):
                     ids.append(row["id"])
                     continue
-                await dr_events.cancel_event(conn, row["id"], self.source, f"replaced by {why}")
+                await event_writes.cancel_event(conn, row["id"], self.source, f"replaced by {why}")
             key = f"{event_id}#{number}"
             if key in keys:
                 key = f"{key}@{modification}"
-            created = await dr_events.create_event(
+            created = await event_writes.create_event(
                 conn, spec.model_dump(), self.source, source=self.source, external_id=key
             )
             ids.append(int(created["id"]))
@@ -294,7 +294,7 @@ class Ven:
     ) -> list[int]:
         done = []
         for row in await ostore.parts_of(conn, self.source, event_id):
-            if row["state"] in LIVE_STATES and await dr_events.cancel_event(
+            if row["state"] in LIVE_STATES and await event_writes.cancel_event(
                 conn, row["id"], self.source, reason
             ):
                 done.append(int(row["id"]))

@@ -4,7 +4,7 @@ By default, the capacity available now (live telemetry over the part's remaining
 capacity register for county-wide peak shaving, the same resource models over the part's scope and
 direction otherwise. A county-wide peak-shaving part that starts on a later local day, once that day's
 forecasts have been issued (by the leader's daily run or through the API), is judged by the day-ahead
-capacity register over its window instead (``forecast_capacity``: each device at the operating point
+capacity register over its window instead (``core.dr.forecast_capacity``: each device at the operating point
 its forecast expects then, not at the one it has now). Without those forecasts, or for a window that
 runs past local midnight (the register covers one day), it falls back to now.
 """
@@ -17,13 +17,13 @@ from typing import Any
 
 import psycopg
 
-from dr_controller.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar
-from dr_controller.events import EventScope, EventSpec
-from dr_controller.fleet import FleetSnapshot
-from dr_controller.forecast_capacity import day_ahead_register
+from core.dr.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar
+from core.dr.events import EventScope, EventSpec
+from core.dr.fleet import FleetSnapshot
+from core.dr.forecast_capacity import day_ahead_register
+from core.dr.report import capacity_register
+from core.dr.resources import Direction, Window
 from dr_controller.forecast_schedule import last_issued
-from dr_controller.report import capacity_register
-from dr_controller.resources import Direction, Window
 
 __all__ = ["DAY_AHEAD", "NOW", "Capacity", "capacity_for"]
 

@@ -32,8 +32,8 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from dr_controller.baselines import SLOT_MIN
-from dr_controller.events import EventKind, EventSpec, Notice
+from core.dr.baselines import SLOT_MIN
+from core.dr.events import EventKind, EventSpec, Notice
 
 __all__ = [
     "OPT_IN",

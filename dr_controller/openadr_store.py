@@ -1,5 +1,5 @@
 """The VEN's database side: the Lishui events made for a VTN's events (read here; written through
-``core.dr_events``, as the API writes them), the scope a VTN's targets name, and the VEN's answers
+``core.dr.event_writes``, as the API writes them), the scope a VTN's targets name, and the VEN's answers
 (migration 0013).
 """
 
@@ -15,8 +15,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from core.dr_events import COLUMNS
-from dr_controller.events import EventScope
+from core.dr.event_writes import COLUMNS
+from core.dr.events import EventScope
 from dr_controller.openadr_mapping import Refusal, Selector
 
 __all__ = [

@@ -13,8 +13,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from core.dr_events import EVENT_FIELDS
-from dr_controller.events import EventState
+from core.dr.event_writes import EVENT_FIELDS
+from core.dr.events import EventState
 
 __all__ = [
     "EventRecord",

@@ -73,7 +73,7 @@ async def seed_piles(conn: psycopg.AsyncConnection[Any], scenario: Scenario) -> 
 
 
 # Simulation parameters the demand-response controller's resource models read from a device's registry
-# attributes (dr_controller.fleet): the physics the registry cannot know otherwise.
+# attributes (core.dr.fleet): the physics the registry cannot know otherwise.
 DR_ATTRIBUTES = (
     "head_m",
     "efficiency",

@@ -19,8 +19,8 @@ import numpy as np
 import psycopg
 
 from core import registry, topics
+from core.dr.baselines import CHINA
 from core.settings import DrSettings, IngestSettings, Settings
-from dr_controller.baselines import CHINA
 from simulators.clock import SimClock
 from simulators.fleet import Fleet
 

@@ -9,18 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.dr.resources import Direction, Flexibility, ResourceKind
+from core.dr.target import Target
 from dr_controller import allocation
 from dr_controller.allocation import (
     Allocation,
     FlexibilityTable,
     Method,
-    Target,
     allocate,
     allocate_lp,
     allocate_merit_order,
     priority_rank,
 )
-from dr_controller.resources import Direction, Flexibility, ResourceKind
 
 LOAD, STORE = ResourceKind.FLEXIBLE_LOAD, ResourceKind.STORAGE
 

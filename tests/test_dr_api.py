@@ -15,7 +15,7 @@ import pytest
 from dr_harness import past_event
 
 from core import registry
-from dr_controller.baselines import CHINA
+from core.dr.baselines import CHINA
 
 START = datetime(2031, 3, 5, 1, 0, tzinfo=UTC)  # far from any other test's events
 

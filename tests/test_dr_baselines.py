@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from dr_controller.baselines import (
+from core.dr.baselines import (
     CHINA,
     SLOTS_PER_DAY,
     Adjustment,

@@ -8,10 +8,10 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from core import dr_events
-from dr_controller.events import EventKind, EventScope, EventSpec, EventState, Notice, can_transition
-from dr_controller.resources import Direction
-from dr_controller.settlement import ResourceSeries, settle
+from core.dr import event_writes
+from core.dr.events import EventKind, EventScope, EventSpec, EventState, Notice, can_transition
+from core.dr.resources import Direction
+from core.dr.settlement import ResourceSeries, settle
 
 START = datetime(2025, 7, 16, 9, 0, tzinfo=UTC)
 
@@ -100,19 +100,19 @@ async def test_migration_enforces_lifecycle_and_audits_every_change(conn: psycop
 async def test_the_one_writer_creates_amends_and_cancels_with_its_actor_audited(
     conn: psycopg.AsyncConnection,
 ) -> None:
-    """core.dr_events: what the API and the OpenADR VEN both write events through."""
-    assert dr_events.EVENT_FIELDS == tuple(EventSpec.model_fields)
-    created = await dr_events.create_event(
+    """core.dr.event_writes: what the API and the OpenADR VEN both write events through."""
+    assert event_writes.EVENT_FIELDS == tuple(EventSpec.model_fields)
+    created = await event_writes.create_event(
         conn, spec().model_dump(), "grid:writer", source="openadr:VTN", external_id=f"e-{START}#0"
     )
     assert (created["state"], created["source"], created["version"]) == ("scheduled", "openadr:VTN", 1)
     event_id = created["id"]
-    amended = await dr_events.amend_event(conn, event_id, spec(target_kw=9000).model_dump(), "grid:writer")
+    amended = await event_writes.amend_event(conn, event_id, spec(target_kw=9000).model_dump(), "grid:writer")
     assert amended is not None and (amended["target_kw"], amended["version"]) == (9000, 2)
-    cancelled = await dr_events.cancel_event(conn, event_id, "grid:other", "not needed")
+    cancelled = await event_writes.cancel_event(conn, event_id, "grid:other", "not needed")
     assert cancelled is not None and (cancelled["state"], cancelled["reason"]) == ("cancelled", "not needed")
-    assert await dr_events.cancel_event(conn, event_id, "grid:other", "twice") is None  # already over
-    assert await dr_events.amend_event(conn, event_id, spec().model_dump(), "grid:writer") is None
+    assert await event_writes.cancel_event(conn, event_id, "grid:other", "twice") is None  # already over
+    assert await event_writes.amend_event(conn, event_id, spec().model_dump(), "grid:writer") is None
     cur = await conn.execute(
         "SELECT actor, action FROM dr_event_audit WHERE event_id = %s ORDER BY id", (event_id,)
     )
@@ -122,7 +122,7 @@ async def test_the_one_writer_creates_amends_and_cancels_with_its_actor_audited(
         ("grid:other", "cancelled"),
     ]
     with pytest.raises(ValueError, match="exactly"):
-        await dr_events.create_event(conn, {"kind": "peak_shaving"}, "grid:writer", source="api")
+        await event_writes.create_event(conn, {"kind": "peak_shaving"}, "grid:writer", source="api")
 
 
 def test_settlement_measures_delivered_against_target_and_per_resource() -> None:

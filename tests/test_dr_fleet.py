@@ -12,8 +12,7 @@ import pytest
 from dr_harness import event_row
 
 from core import registry
-from dr_controller.controller import Controller, EventRun, LoopTuning, spec_of
-from dr_controller.fleet import (
+from core.dr.fleet import (
     DeviceInfo,
     ScopeFilter,
     build_resources,
@@ -21,8 +20,9 @@ from dr_controller.fleet import (
     read_latest,
     restore_command,
 )
+from core.dr.resources import Direction, FlexibleLoad, HydroUnit, StorageUnit, Window
+from dr_controller.controller import Controller, EventRun, LoopTuning, spec_of
 from dr_controller.measure import measure
-from dr_controller.resources import Direction, FlexibleLoad, HydroUnit, StorageUnit, Window
 from dr_controller.store import EventRecord
 
 

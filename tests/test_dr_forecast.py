@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dr_controller.baselines import SLOTS_PER_DAY, Calendar, InsufficientHistory
-from dr_controller.forecast import (
+from core.dr.baselines import SLOTS_PER_DAY, Calendar, InsufficientHistory
+from core.dr.forecast import (
     LoadForecastSpec,
     PvArray,
     PvCalibration,

@@ -21,8 +21,8 @@ import pytest
 from dr_harness import flex_site, write_history
 
 from core import registry
-from dr_controller.baselines import CHINA, SLOTS_PER_DAY, Calendar
-from dr_controller.forecast import PvArray, clear_sky_index, cloud_slots, pv_basis
+from core.dr.baselines import CHINA, SLOTS_PER_DAY, Calendar
+from core.dr.forecast import PvArray, clear_sky_index, cloud_slots, pv_basis
 from ingest.maintenance import refresh_rollups
 
 # The Monday after 2023's Labour Day holiday, so the calendar decides which days are similar; no other

@@ -16,13 +16,13 @@ import psycopg
 import pytest
 
 from core import registry
+from core.dr.baselines import CHINA
+from core.dr.events import EventState
+from core.dr.program_baseline import past_event_days
 from core.settings import Settings
 from dr_controller import store
-from dr_controller.baselines import CHINA
 from dr_controller.bus import CommandBus
 from dr_controller.controller import Controller
-from dr_controller.events import EventState
-from dr_controller.program_baseline import past_event_days
 
 EVENT_DAY = date(2024, 4, 17)  # a Wednesday
 STARTS = datetime(2024, 4, 17, 9, 15, tzinfo=CHINA)

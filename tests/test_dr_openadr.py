@@ -34,13 +34,13 @@ from openleadr import OpenADRServer, hooks, utils
 from openleadr.service import OptService, handler
 from psycopg.rows import dict_row
 
+from core.dr.baselines import SLOTS_PER_DAY
+from core.dr.events import EventKind, EventScope, EventSpec, Notice
+from core.dr.fleet import build_resources
+from core.dr.forecast import PLAIN_WEEK
+from core.dr.forecast_capacity import day_ahead_register
 from core.settings import OpenAdrSettings, Settings
-from dr_controller.baselines import SLOTS_PER_DAY
 from dr_controller.controller import LoopTuning
-from dr_controller.events import EventKind, EventScope, EventSpec, Notice
-from dr_controller.fleet import build_resources
-from dr_controller.forecast import PLAIN_WEEK
-from dr_controller.forecast_capacity import day_ahead_register
 from dr_controller.openadr import run_ven
 from dr_controller.openadr_capacity import DAY_AHEAD, NOW, Capacity, capacity_for
 from dr_controller.openadr_mapping import (

@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from core.topics import SITE_TARGET
-from dr_controller.fleet import DeviceInfo, build_resources
-from dr_controller.resources import (
+from core.dr.fleet import DeviceInfo, build_resources
+from core.dr.resources import (
     Direction,
     EvChargingSite,
     Flexibility,
@@ -19,6 +18,7 @@ from dr_controller.resources import (
     StorageUnit,
     Window,
 )
+from core.topics import SITE_TARGET
 
 HOUR = Window(remaining_min=60, step_min=15)
 

@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from core import registry
+from core.dr.baselines import CHINA, SLOTS_PER_DAY, Calendar
+from core.dr.forecast import forecast_load
+from core.dr.forecast_store import issue_day_ahead
 from core.settings import DrSettings, Settings
-from dr_controller.baselines import CHINA, SLOTS_PER_DAY, Calendar
-from dr_controller.forecast import forecast_load
 from dr_controller.forecast_schedule import needs_issue, next_run_at
-from dr_controller.forecast_store import issue_day_ahead
 from dr_controller.service import run_dr_controller
 
 pytestmark = pytest.mark.timeout(180)

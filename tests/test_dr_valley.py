@@ -36,12 +36,12 @@ from dr_harness import (
     wall_of,
 )
 
+from core.dr.fleet import DeviceInfo, build_resources
+from core.dr.resources import Direction
 from core.settings import Settings
 from dr_controller import store
 from dr_controller.controller import Controller, EventRun, LoopTuning, Sent, spec_of
-from dr_controller.fleet import DeviceInfo, build_resources
 from dr_controller.measure import measure
-from dr_controller.resources import Direction
 from dr_controller.service import run_dr_controller
 from gateway.service import run_gateway
 from ingest.service import run_ingest

@@ -2,7 +2,7 @@
 
 The one place both writers go through: the API (the grid company's requests) and the OpenADR VEN (a
 VTN's). Each change is one transaction with its actor set (``lishui.actor``) for the audit trigger.
-``values`` are the writable columns, ``EVENT_FIELDS`` (``dr_controller.events.EventSpec``'s fields,
+``values`` are the writable columns, ``EVENT_FIELDS`` (``core.dr.events.EventSpec``'s fields,
 validated by the caller); the database's checks and lifecycle trigger still refuse what makes no sense,
 as psycopg errors for the caller to answer.
 """

@@ -12,9 +12,9 @@ from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from dr_controller.allocation import Target
-from dr_controller.baselines import PROGRAM_BASELINES
-from dr_controller.resources import Direction
+from core.dr.baselines import PROGRAM_BASELINES
+from core.dr.resources import Direction
+from core.dr.target import Target
 
 __all__ = ["EventKind", "EventScope", "EventSpec", "EventState", "Notice", "can_transition"]
 

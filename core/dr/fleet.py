@@ -37,8 +37,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from core.metrics import metric
-from dr_controller.resources import (
+from core.dr.resources import (
     UNLIMITED,
     DeviceCommand,
     Direction,
@@ -49,6 +48,7 @@ from dr_controller.resources import (
     ResourceKind,
     StorageUnit,
 )
+from core.metrics import metric
 
 __all__ = [
     "DeviceInfo",

@@ -37,7 +37,7 @@ from datetime import date, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
-from dr_controller.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
+from core.dr.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
 
 __all__ = [
     "LIXIAN",

@@ -27,19 +27,19 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from dr_controller.baselines import SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
-from dr_controller.fleet import DeviceInfo, ScopeFilter, build_resources, load_devices, read_latest
-from dr_controller.forecast import (
+from core.dr.baselines import SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
+from core.dr.fleet import DeviceInfo, ScopeFilter, build_resources, load_devices, read_latest
+from core.dr.forecast import (
     PLAIN_WEEK,
     LoadForecastSpec,
     forecast_load,
     peak_window,
     slot_start,
 )
-from dr_controller.forecast_store import group_profiles, read_forecasts
-from dr_controller.program_baseline import past_event_days
-from dr_controller.report import COUNTY_AIM_KW, CapacityRegister
-from dr_controller.resources import Direction, ResourceKind, Window
+from core.dr.forecast_store import group_profiles, read_forecasts
+from core.dr.program_baseline import past_event_days
+from core.dr.report import COUNTY_AIM_KW, CapacityRegister
+from core.dr.resources import Direction, ResourceKind, Window
 
 __all__ = ["DayAheadRegister", "NoWindow", "day_ahead_register", "forecast_peak"]
 

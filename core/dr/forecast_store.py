@@ -32,9 +32,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from core.metrics import metric
-from dr_controller.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
-from dr_controller.forecast import (
+from core.dr.baselines import CHINA, SLOT_MIN, SLOTS_PER_DAY, Calendar, InsufficientHistory
+from core.dr.forecast import (
     LIXIAN,
     METHOD_LOAD,
     METHOD_PV,
@@ -52,7 +51,8 @@ from dr_controller.forecast import (
     pv_basis,
     pv_error,
 )
-from dr_controller.program_baseline import past_event_days
+from core.dr.program_baseline import past_event_days
+from core.metrics import metric
 
 __all__ = [
     "ErrorRow",

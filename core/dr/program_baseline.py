@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from dr_controller.baselines import (
+from core.dr.baselines import (
     CHINA,
     PROGRAM_BASELINES,
     SLOTS_PER_DAY,

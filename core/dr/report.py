@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 
-from dr_controller.baselines import SLOT_MIN
-from dr_controller.fleet import ScopeFilter, TelemetryMeter
-from dr_controller.resources import Direction, Window
-from dr_controller.settlement import ResourceSeries, SettlementReport, settle
+from core.dr.baselines import SLOT_MIN
+from core.dr.fleet import ScopeFilter, TelemetryMeter
+from core.dr.resources import Direction, Window
+from core.dr.settlement import ResourceSeries, SettlementReport, settle
 
 __all__ = ["COUNTY_AIM_KW", "CapacityRegister", "IntervalRow", "capacity_register", "event_report"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from dr_controller.resources import Direction
+from core.dr.resources import Direction
 
 __all__ = ["IntervalResult", "ResourcePerformance", "ResourceSeries", "SettlementReport", "settle"]
 
