@@ -34,6 +34,7 @@ import inspect
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, is_dataclass
 from typing import Any, ClassVar
@@ -52,6 +53,7 @@ from ocpp.charge_point import (
 )
 from ocpp.exceptions import OCPPError
 from ocpp.messages import get_validator
+from ocpp.routing import create_route_map
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_server import metrics
@@ -223,11 +225,26 @@ class OcppConnection(ChargePoint):
     codes: ClassVar[ErrorCodes]
     known_actions: ClassVar[frozenset[str]]  # every action of the version, either direction
 
+    # action -> {"_on_action": function, "_after_action": function, "_skip_schema_validation": bool}:
+    # the library's route map, built once per class (handlers are called with the pile as ``self``).
+    _routes: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._routes = create_route_map(cls)
+
     def __init__(self, ocpp_id: str, connection: Any, response_timeout: float = 30.0) -> None:
-        super().__init__(ocpp_id, connection, response_timeout=response_timeout, logger=log)
+        # Not ChargePoint.__init__: per connection it builds a route map of bound methods and a response
+        # queue, neither used here — some 40 container objects per pile that the cyclic collector walks
+        # for as long as the pile stays connected. These are the attributes its methods rely on.
+        self.id = ocpp_id
+        self._connection = connection
+        self._response_timeout = response_timeout
+        self._call_lock = asyncio.Lock()
+        self._unique_id_generator = uuid.uuid4
+        self.logger = log
         self._pending: dict[str, asyncio.Future[list[Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._seq = 0
 
     # ------------------------------------------------------------------------------------- receiving
 
@@ -283,7 +300,7 @@ class OcppConnection(ChargePoint):
     async def _on_call(self, uid: str, action: str, payload: Any, started: float) -> None:
         outcome = "ok"
         try:
-            handlers = self.route_map.get(action)
+            handlers = self._routes.get(action)
             if handlers is None or "_on_action" not in handlers:
                 if action in self.known_actions:
                     raise SpecError("NotSupported", f"{action} is recognized but not supported")
@@ -295,7 +312,7 @@ class OcppConnection(ChargePoint):
                 if bad is not None:
                     raise SpecError(bad.code, bad.description)
             kwargs = snake_keys(payload)
-            result = handlers["_on_action"](**kwargs)
+            result = handlers["_on_action"](self, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
             body = to_payload(result)
@@ -331,7 +348,7 @@ class OcppConnection(ChargePoint):
             )
         after = handlers.get("_after_action")
         if after is not None:
-            res = after(**kwargs)
+            res = after(self, **kwargs)
             if inspect.iscoroutine(res):
                 self.spawn(res, f"after-{action}")
 

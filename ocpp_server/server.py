@@ -55,6 +55,7 @@ class Hub:
         self._cache_key = os.urandom(32)
         self.ctx: Context | None = None
         self._auths: AuthCache | None = None
+        self.departed = 0  # connections ended so far (for the GC policy)
 
     @property
     def auths(self) -> AuthCache:
@@ -69,8 +70,12 @@ class Hub:
         self.by_key[pile.key] = pile
         return old
 
+    def websockets(self) -> list[ServerConnection]:
+        return [pile._connection for pile in self.by_id.values()]
+
     def detach(self, pile: Pile) -> bool:
         """Forget ``pile``; False when a newer connection of the same pile replaced it."""
+        self.departed += 1
         if self.by_id.get(pile.id) is not pile:
             return False
         del self.by_id[pile.id]
@@ -161,6 +166,11 @@ class Hub:
             await websocket.close(1002, "ocpp1.6 or ocpp2.0.1 required")
             return
         metrics.HANDSHAKES.labels("ok").inc()
+        # The handshake's headers (the Basic credential among them) are of no use once the pile is in;
+        # kept, they would stay in memory, and in the cyclic collector's walks, as long as the connection.
+        for message in (websocket.request, websocket.response):
+            if message is not None:
+                message.headers.clear()
         pile = cls(self.ctx, auth, websocket)
         old = self.attach(pile)
         if old is not None:

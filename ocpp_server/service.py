@@ -29,6 +29,8 @@ from core.settings import DatabaseSettings, Settings
 from core.topics import SITE_TARGET, Channel, parse, service_status, shared, subscription, topic
 from ocpp_server.bus import Bus
 from ocpp_server.commands import run_command
+from ocpp_server.gcpolicy import GcPolicy
+from ocpp_server.keepalive import Keepalive
 from ocpp_server.pile import Context
 from ocpp_server.server import SUBPROTOCOLS, Hub, select_subprotocol
 from ocpp_server.settings import OcppSettings, ocpp_settings
@@ -107,8 +109,8 @@ async def run_ocpp_server(
                 subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
                 select_subprotocol=select_subprotocol,
                 process_request=hub.process_request,
-                ping_interval=cfg.ping_interval_s or None,
-                ping_timeout=cfg.ping_timeout_s,
+                ping_interval=None,  # one node-wide keepalive instead (see keepalive)
+                ping_timeout=None,
                 ssl=_tls(cfg),
                 max_size=cfg.max_message_bytes,
                 compression="deflate" if cfg.ws_compression else None,
@@ -125,10 +127,16 @@ async def run_ocpp_server(
                 )
                 if on_listening is not None:
                     on_listening(bound)
-                # What start-up built lives as long as the node: out of the cyclic collector's passes.
+                # What start-up built lives as long as the node: out of the cyclic collector's passes;
+                # then the piles' connections as they come (see gcpolicy).
                 gc.collect()
                 gc.freeze()
+                gc_policy = GcPolicy(lambda: len(hub.by_id), lambda: hub.departed)
                 async with asyncio.TaskGroup() as tg:
+                    tg.create_task(gc_policy.run(), name="ocpp-gc-policy")
+                    if cfg.ping_interval_s > 0:
+                        keepalive = Keepalive(hub.websockets, cfg.ping_interval_s, cfg.ping_timeout_s)
+                        tg.create_task(keepalive.run(), name="ocpp-keepalive")
                     tg.create_task(bus.run(), name="ocpp-publisher")
                     tg.create_task(statuses.run(), name="ocpp-status-writer")
                     tg.create_task(ctx.connections.run(), name="ocpp-connection-notes")

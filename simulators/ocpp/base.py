@@ -183,7 +183,7 @@ class FastCallMixin:
                     response = await fut
             finally:
                 self._pending = None
-            pile.fleet_stats.record_latency(time.perf_counter() - t0)
+            pile.fleet_stats.record_latency(t0, time.perf_counter() - t0)
         if isinstance(response, CallError):
             pile.call_errors += 1
             LOG.debug("%s: CALLERROR for %s: %s", self.id, action, response)

@@ -41,19 +41,27 @@ ConnState = Literal["disconnected", "connecting", "booting", "Pending", "Rejecte
 
 
 class FleetStats:
-    """Counters shared by all piles of a fleet; latencies (seconds, request -> answer) when recording."""
+    """Counters shared by all piles of a fleet; when recording, each answered call's latency (seconds,
+    frame sent -> answer received) and its send time (``time.perf_counter``, the monotonic clock every
+    process shares, so slow calls can be lined up with other processes' stalls)."""
 
-    __slots__ = ("latencies", "received", "recording", "sent")
+    __slots__ = ("latencies", "received", "recording", "sent", "sent_at")
 
     def __init__(self) -> None:
         self.sent = 0
         self.received = 0
         self.latencies: list[float] = []
+        self.sent_at: list[float] = []
         self.recording = False
 
-    def record_latency(self, seconds: float) -> None:
+    def record_latency(self, sent_at: float, seconds: float) -> None:
         if self.recording:
             self.latencies.append(seconds)
+            self.sent_at.append(sent_at)
+
+    def clear(self) -> None:
+        self.latencies.clear()
+        self.sent_at.clear()
 
 
 @dataclass(slots=True)
