@@ -14,9 +14,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.deps import ConnDep, SettingsDep
 from core import mqtt as core_mqtt
+from core.charging import registry, sessions
 from core.payloads import Command, CommandResult, PayloadError, decode, encode
 from core.topics import KEY_PATTERN, SITE_TARGET, Channel, topic
-from ocpp_server import registry, sessions
 
 router = APIRouter(prefix="/api/v1/charging", tags=["charging"])
 

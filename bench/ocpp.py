@@ -221,9 +221,9 @@ def _lishui_server(
 
     async def main() -> None:
         from core import db, registry
+        from core.charging import registry as piles
+        from core.charging.passwords import hash_password
         from core.settings import DatabaseSettings, Settings
-        from ocpp_server import registry as piles
-        from ocpp_server.passwords import hash_password
         from ocpp_server.service import run_ocpp_server
         from ocpp_server.settings import ocpp_settings
 
@@ -289,7 +289,8 @@ def _lishui_server(
 def lishui_available() -> str | None:
     """None if the Lishui server can be benchmarked, else why not."""
     try:
-        from ocpp_server import registry, service  # noqa: F401
+        from core.charging import registry  # noqa: F401
+        from ocpp_server import service  # noqa: F401
     except Exception as e:
         return f"ocpp_server.service not importable ({type(e).__name__}: {e})"
     return None

@@ -13,9 +13,9 @@ import yaml
 from psycopg.types.json import Jsonb
 
 from core import registry
+from core.charging import registry as piles
 from core.settings import Settings
 from gateway.config import DeviceConfig, GatewayConfig
-from ocpp_server import registry as piles
 from simulators.clock import SimClock
 from simulators.fleet import Endpoint, serve_fleet
 from simulators.scenario import Scenario, load_scenario

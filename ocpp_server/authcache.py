@@ -18,8 +18,8 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from ocpp_server import registry
-from ocpp_server.registry import PileAuth
+from core.charging import registry
+from core.charging.registry import PileAuth
 from ocpp_server.settings import OcppSettings
 
 log = logging.getLogger(__name__)

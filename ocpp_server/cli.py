@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
+from core.charging import registry, sessions
 from core.settings import Settings
-from ocpp_server import registry, sessions
 
 
 def add_parser(sub: Any) -> None:

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from psycopg_pool import AsyncConnectionPool
 
+from core.charging import registry, sessions
+from core.charging.registry import AuthResult, BootDecision, BootStatus, PileAuth
 from core.payloads import DeviceEvent, DeviceState, Sample, Status, TelemetryBatch, utcnow
 from core.settings import Settings
 from core.topics import Channel, topic
-from ocpp_server import metrics, registry, sessions
+from ocpp_server import metrics
 from ocpp_server.bus import Bus
 from ocpp_server.measurands import PileMeter, parse_ts, sample_metrics
-from ocpp_server.registry import AuthResult, BootDecision, BootStatus, PileAuth
 from ocpp_server.rpc import OcppConnection, SpecError
 from ocpp_server.settings import OcppSettings
 from ocpp_server.writes import BootDecider, ConnectionNotes, StatusWriter

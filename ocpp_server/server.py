@@ -26,12 +26,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from core.charging.passwords import verify_password
+from core.charging.registry import PileAuth
 from core.topics import Channel
 from ocpp_server import metrics
 from ocpp_server.authcache import AuthCache, RegistryUnavailable
-from ocpp_server.passwords import verify_password
 from ocpp_server.pile import Context, Pile
-from ocpp_server.registry import PileAuth
 from ocpp_server.v16 import SUBPROTOCOL as V16
 from ocpp_server.v16 import Pile16
 from ocpp_server.v201 import SUBPROTOCOL as V201

@@ -14,12 +14,12 @@ from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus, DataTransferStatus, RegistrationStatus
 
+from core.charging import sessions
+from core.charging.registry import AuthResult, AuthStatus, BootStatus
 from core.payloads import utcnow
-from ocpp_server import sessions
 from ocpp_server.commands import iso, site_profile_id
 from ocpp_server.measurands import parse_ts
 from ocpp_server.pile import Pile, UnknownOp
-from ocpp_server.registry import AuthResult, AuthStatus, BootStatus
 from ocpp_server.rpc import ErrorCodes, SpecError
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class Pile16(Pile):
         return await self.call_action(action, body)
 
     async def _local_list(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ocpp_server import registry
+        from core.charging import registry
 
         async with self.ctx.pool.connection() as conn:
             tokens = await registry.local_list(conn, self.auth.tenant_id)

@@ -19,12 +19,12 @@ from ocpp.v201.enums import (
     RegistrationStatusEnumType,
 )
 
+from core.charging import registry, sessions
+from core.charging.registry import AuthResult, AuthStatus, BootStatus
 from core.payloads import utcnow
-from ocpp_server import registry, sessions
 from ocpp_server.commands import iso, site_profile_id
 from ocpp_server.measurands import parse_ts, sample_metrics
 from ocpp_server.pile import Pile, UnknownOp
-from ocpp_server.registry import AuthResult, AuthStatus, BootStatus
 from ocpp_server.rpc import ErrorCodes, SpecError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from ocpp_server import registry
+from core.charging import registry
 
 log = logging.getLogger(__name__)
 Key = tuple[int, int, int]  # device, evse, connector

@@ -12,10 +12,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from core.charging import registry
+from core.charging.passwords import hash_password
 from core.registry import upsert_site
 from core.settings import DatabaseSettings, Settings
-from ocpp_server import registry
-from ocpp_server.passwords import hash_password
 from ocpp_server.settings import OcppSettings
 from ocpp_server.testing import basic_auth, running_server
 

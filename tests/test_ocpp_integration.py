@@ -1,6 +1,6 @@
 """Acceptance, end to end: the real central system (``run_ocpp_server`` in-process) and real simulated
 piles (``simulators.ocpp``) over real websockets, both OCPP versions, Basic auth, piles registered through
-``ocpp_server.registry``.
+``core.charging.registry``.
 
 - a site limit sent as a ``cmd`` on MQTT lowers the measured charging power of the piles (their
   MeterValues -> TelemetryBatch on MQTT, and the simulator's own power) within one meter-value interval,
@@ -29,11 +29,11 @@ import pytest
 import pytest_asyncio
 
 from core import mqtt as core_mqtt
+from core.charging import registry
 from core.payloads import Command, encode
 from core.registry import upsert_site, upsert_tenant
 from core.settings import Settings
 from core.topics import SITE_TARGET, Channel, subscription, topic
-from ocpp_server import registry
 from ocpp_server.settings import OcppSettings
 from ocpp_server.testing import Recorder, recording, running_server
 from simulators.clock import SimClock

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest_asyncio
 
+from core.charging import registry
 from core.registry import upsert_site, upsert_tenant
 from core.settings import Settings
-from ocpp_server import registry
 from ocpp_server.settings import OcppSettings
 from ocpp_server.testing import running_server
 

@@ -12,9 +12,9 @@ import pytest
 import pytest_asyncio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from core.charging import registry
 from core.registry import upsert_site, upsert_tenant
 from core.settings import Settings
-from ocpp_server import registry
 from ocpp_server.settings import OcppSettings
 from ocpp_server.testing import raw_call, running_server, ws_connect
 

@@ -29,11 +29,11 @@ from psycopg import sql
 
 from core import db
 from core import mqtt as core_mqtt
+from core.charging import registry
 from core.payloads import Command, encode
 from core.registry import upsert_site, upsert_tenant
 from core.settings import Settings
 from core.topics import SITE_TARGET, Channel, topic
-from ocpp_server import registry
 from ocpp_server.settings import OcppSettings
 from ocpp_server.testing import Recorder, basic_auth, recording, running_server
 
@@ -146,7 +146,7 @@ async def rec(settings: Settings) -> AsyncIterator[Recorder]:
 
 async def _tx(db_dsn: str, key: str) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(db_dsn) as conn:
-        from ocpp_server.sessions import list_transactions
+        from core.charging.sessions import list_transactions
 
         return await list_transactions(conn, pile=key)
 

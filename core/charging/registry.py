@@ -32,9 +32,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core.charging.passwords import hash_password
 from core.payloads import utcnow
 from core.topics import check_key
-from ocpp_server.passwords import hash_password
 
 Conn = psycopg.AsyncConnection[Any]
 
