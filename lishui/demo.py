@@ -100,6 +100,7 @@ gateway, ingest, OCPP central system, demand-response controller and API running
   DR event        curl -s {base}/api/v1/dr/events/<id>   and   .../events/<id>/report
   DR capacity     curl -s {base}/api/v1/dr/capacity
   DR baselines    curl -s '{base}/api/v1/dr/baselines/backtest?site=<site>'
+  Forecasts       curl -s '{base}/api/v1/forecasts?day=<tomorrow>&county=true'  and  .../forecasts/capacity
   MQTT stream     mosquitto_sub -h {settings.mqtt.host} -t '{settings.topic_root}/v1/#' -v
   Database        psql {settings.db.dsn}
 
