@@ -62,6 +62,15 @@ class IngestSettings(BaseModel):
     # A 1-minute rollup bucket is recomputed once its minute closed this long ago and nothing dirtied
     # it for this long (0: at every refresh, as soon as it is dirty). See migration 0004.
     rollup_grace_s: float = Field(5.0, ge=0)
+    # The disk spill (ingest.spill) in {spill_dir}/{client id}/: once writes have failed for
+    # ``spill_after_s``, received messages are appended there (fsynced) and acknowledged, so the broker's
+    # bounded queue drains during a long database outage; they are written when the database is back.
+    # Past ``spill_max_bytes`` ingest stops acknowledging and the broker holds the rest (nothing is
+    # dropped). ``spill_max_bytes = 0``: no spill.
+    spill_dir: str = ".lishui/ingest-spill"
+    spill_after_s: float = Field(10.0, ge=0)
+    spill_max_bytes: int = Field(1 << 30, ge=0)
+    spill_segment_bytes: int = Field(8 << 20, ge=4096)
 
 
 class DrSettings(BaseModel):

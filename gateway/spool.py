@@ -9,8 +9,8 @@ topic waits in memory (latest state wins) and the link re-publishes them after e
 
 On disk, in ``{state_dir}/{gateway name}/``:
 
-- ``seg-{first record id:020d}.log``: append-only segments. A segment starts with the 8-byte magic
-  ``LSPOOL1\\n``; then records, each ``<u32 body length><u32 crc32(id, body)><u64 id>`` followed by the
+- ``seg-{first record id:020d}.log``: append-only segments, in the format of ``core.spool`` (shared
+  with ingest's spill): the magic ``LSPOOL1\\n``, then records, each a header (length, CRC, id) and the
   body ``<u16 topic length><topic utf-8><payload>``. Record ids increase by one across segments. A new
   segment is started past ``segment_bytes``; a segment whose records are all acknowledged is deleted.
 - ``index.json`` (replaced atomically): ``acked_below`` (every record id below it is acknowledged) and
@@ -55,25 +55,32 @@ import heapq
 import json
 import logging
 import os
-import struct
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.payloads import telemetry_seq
+from core.spool import (
+    HEADER,
+    MAGIC,
+    decode_body,
+    encode_record,
+    fsync_dir,
+    scan,
+    segment_first_id,
+    segment_name,
+)
 from gateway import metrics
 from gateway.outbox import Outbound
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"LSPOOL1\n"
-HEADER = struct.Struct("<IIQ")  # body length, crc32 over id + body, record id
-TOPIC_LEN = struct.Struct("<H")
-ID = struct.Struct("<Q")
-MAX_BODY = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
+# (The record and segment format lives in core.spool, shared with ingest's spill; MAGIC, HEADER and
+# encode_record are re-exported here for the gateway's tests.)
+__all__ = ["HEADER", "MAGIC", "Spool", "SpoolLocked", "encode_record"]
+
 READ_CHUNK = 256 * 1024
 READ_AHEAD = 512  # records parsed ahead of the publisher
 INDEX_EVERY_S = 1.0
@@ -94,30 +101,6 @@ class _Segment:
     size: int  # bytes written
     durable: int  # bytes known to be fsynced
     last_id: int  # first_id - 1 while empty
-
-
-def encode_record(record_id: int, topic: str, payload: bytes) -> bytes:
-    raw_topic = topic.encode()
-    body = TOPIC_LEN.pack(len(raw_topic)) + raw_topic + payload
-    crc = zlib.crc32(body, zlib.crc32(ID.pack(record_id)))
-    return HEADER.pack(len(body), crc, record_id) + body
-
-
-def _decode_body(body: bytes | memoryview) -> tuple[str, bytes]:
-    (n,) = TOPIC_LEN.unpack_from(body, 0)
-    return bytes(body[2 : 2 + n]).decode(), bytes(body[2 + n :])
-
-
-def _segment_name(first_id: int) -> str:
-    return f"seg-{first_id:020d}.log"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -322,7 +305,7 @@ class Spool:
                 if end > len(data):
                     break
                 if record_id >= self._acked_below:
-                    topic, payload = _decode_body(view[pos + HEADER.size : end])
+                    topic, payload = decode_body(view[pos + HEADER.size : end])
                     self._buffer.append(Outbound(topic, payload, 1, False, record_id))
                 pos = end
             if pos == 0:  # one record larger than the chunk
@@ -331,7 +314,7 @@ class Spool:
                 view = memoryview(data)
                 record_id = HEADER.unpack_from(view, 0)[2]
                 if record_id >= self._acked_below:
-                    topic, payload = _decode_body(view[HEADER.size :])
+                    topic, payload = decode_body(view[HEADER.size :])
                     self._buffer.append(Outbound(topic, payload, 1, False, record_id))
                 pos = len(data)
             self._cursor_off += pos
@@ -362,7 +345,7 @@ class Spool:
     # -- segments ----------------------------------------------------------------------------------
 
     def _new_segment(self, first_id: int) -> _Segment:
-        path = self.dir / _segment_name(first_id)
+        path = self.dir / segment_name(first_id)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         os.write(fd, MAGIC)
         seg = _Segment(first_id, path, fd, len(MAGIC), 0, first_id - 1)
@@ -398,7 +381,7 @@ class Spool:
             os.close(seg.fd)
             with contextlib.suppress(FileNotFoundError):
                 seg.path.unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def _enforce_bound(self) -> None:
         while self._bytes > self.max_bytes and len(self._segments) > 1:
@@ -495,7 +478,7 @@ class Spool:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.dir / "index.json")
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._index_written_version = version
 
     # -- recovery ------------------------------------------------------------------------------------
@@ -543,32 +526,21 @@ class Spool:
             )
 
     def _recover_segment(self, path: Path, last_telemetry: dict[str, bytes]) -> _Segment | None:
-        try:
-            first_id = int(path.stem.split("-", 1)[1])
-        except ValueError:
+        first_id = segment_first_id(path)
+        if first_id is None:
             return None
         data = path.read_bytes()
         if not data.startswith(MAGIC):
             log.error("not a spool segment, set aside", extra={"file": str(path)})
             path.rename(path.with_suffix(".corrupt"))
             return None
-        view = memoryview(data)
         pos = len(MAGIC)
         expected = first_id
-        while pos < len(data):
-            if pos + HEADER.size > len(data):
-                break
-            length, crc, record_id = HEADER.unpack_from(view, pos)
-            end = pos + HEADER.size + length
-            if record_id != expected or length > MAX_BODY or end > len(data) or length < TOPIC_LEN.size:
-                break
-            body = view[pos + HEADER.size : end]
-            if zlib.crc32(body, zlib.crc32(ID.pack(record_id))) != crc:
-                break
-            topic, payload = _decode_body(body)
+        for record_id, body, end in scan(data, first_id):
+            topic, payload = decode_body(body)
             if topic.endswith(TELEMETRY_SUFFIX):
                 last_telemetry[topic] = payload
-            expected += 1
+            expected = record_id + 1
             pos = end
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         if pos < len(data):

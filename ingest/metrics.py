@@ -29,3 +29,15 @@ FAST_PATH_FALLBACKS = Counter(
     "Batches whose direct COPY met an existing row (the same reading under another message identity)"
     " and were written again through the staging table",
 )
+LAG_SECONDS = Gauge(
+    "lishui_ingest_lag_seconds",
+    "Age of the oldest message received but neither committed nor spilled (0 when none)",
+)
+NEWEST_COMMITTED = Gauge(
+    "lishui_ingest_newest_committed_timestamp_seconds",
+    "Newest sample time committed (Unix time): now minus this is how far the database is behind",
+)
+SPILL_BYTES = Gauge("lishui_ingest_spill_bytes", "Bytes of the disk spill (held while the DB is away)")
+SPILL_MESSAGES = Gauge("lishui_ingest_spill_messages", "Messages in the disk spill, waiting to be written")
+SPILLED = Counter("lishui_ingest_spilled_messages", "Messages appended to the disk spill (and acknowledged)")
+REPLAYED = Counter("lishui_ingest_replayed_messages", "Spilled messages written to the database")

@@ -27,6 +27,11 @@ Flow::
   the Receive Maximum window, and the backlog waits in the broker's persistent session. Memory is bounded
   by that window plus ``max_queued_batches`` batches and the ``WRITES_IN_FLIGHT`` being written; a
   failing write is retried with backoff, forever, and logged — nothing is dropped.
+- Spill: once writes have failed for ``spill_after_s``, each batch's accepted messages are appended to
+  a local fsynced spill (``ingest.spill``) and acknowledged after the fsync, so the broker's bounded
+  queue drains while the database is away; the replay task writes the spill back when it answers (the
+  writer's de-duplication by message identity makes replay after a crash, or a message both spilled
+  and redelivered, a no-op). Past ``spill_max_bytes`` nothing more is acknowledged: the broker holds.
 - Invalid input (topic, payload, unknown metric, implausible timestamp, device under another site) is
   counted by reason in ``lishui_ingest_invalid_total``, logged at most once per reason every 10 s, and
   skipped; the stream goes on.
@@ -41,6 +46,7 @@ import logging
 import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -62,6 +68,7 @@ from ingest import maintenance
 from ingest import metrics as m
 from ingest.rows import Columns, micros
 from ingest.source import Inbound, MqttSource
+from ingest.spill import Spill
 from ingest.writer import Batch, TelemetryWriter, WriteResult, payload_digest
 
 log = logging.getLogger(__name__)
@@ -146,6 +153,12 @@ class IngestService:
         self._inflight: list[Batch] = []  # taken from the queue, not yet acknowledged; oldest first
         self._drain_timeout_s = drain_timeout_s
         self._bad = RateLimitedLog(log)
+        cfg = settings.ingest
+        self._spill_dir = Path(cfg.spill_dir) / self._source.client_id if cfg.spill_max_bytes else None
+        self._spill: Spill | None = None  # opened by run()
+        self._down_since: float | None = None  # monotonic time of the first failed write of an outage
+        self._newest_committed = 0.0  # newest sample time committed (Unix s)
+        self._counting = True  # invalid input is counted once, when received (not again on replay)
 
     @property
     def ready(self) -> asyncio.Event:
@@ -157,6 +170,11 @@ class IngestService:
     async def run(self) -> None:
         """Run until cancelled; on the way out the batches in hand are written (for at most
         ``drain_timeout_s``) and acknowledged; anything unwritten is redelivered by the broker later."""
+        if self._spill_dir is not None:
+            cfg = self.settings.ingest
+            self._spill = Spill(
+                self._spill_dir, max_bytes=cfg.spill_max_bytes, segment_bytes=cfg.spill_segment_bytes
+            )
         self._source.start()
         log.info(
             "ingest started", extra={"client_id": self._source.client_id, "root": self.settings.topic_root}
@@ -165,7 +183,10 @@ class IngestService:
             asyncio.create_task(self._collect(), name="ingest-collect"),
             asyncio.create_task(self._write_loop(), name="ingest-write"),
             asyncio.create_task(self._maintain(), name="ingest-maintain"),
+            asyncio.create_task(self._observe(), name="ingest-observe"),
         ]
+        if self._spill is not None:
+            tasks.append(asyncio.create_task(self._replay(), name="ingest-replay"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -178,7 +199,10 @@ class IngestService:
                 await self._source.stop()
                 for writer in self._writers:
                     await writer.close()
+                if self._spill is not None:
+                    self._spill.close()
                 m.PENDING_ROWS.set(0)
+                m.LAG_SECONDS.set(0)
                 log.info("ingest stopped")
 
     async def _drain(self) -> None:
@@ -189,12 +213,28 @@ class IngestService:
             batch.merge(self._queue.get_nowait())
         batch.merge(self._current)
         self._inflight, self._current = [], Batch()
-        if batch and await self._write_with_retry(batch, deadline=time.monotonic() + self._drain_timeout_s):
+        if batch and (
+            await self._spilled(batch)  # (in an outage: no point waiting for the database)
+            or await self._write_with_retry(batch, deadline=time.monotonic() + self._drain_timeout_s)
+        ):
             self._source.ack(batch.acks)
         elif batch:
             log.warning("shutdown: batch left for redelivery", extra={"rows": batch.rows})
 
     # -- collecting ---------------------------------------------------------------------------------
+
+    def _lag_s(self) -> float:
+        """Age of the oldest message received and neither committed nor spilled."""
+        held = [self._current, *self._queue._queue, *self._inflight]  # type: ignore[attr-defined]
+        oldest = min((b.started for b in held if b), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    async def _observe(self) -> None:
+        """The gauges that must move while everything else waits (on a database that is away)."""
+        while True:
+            m.LAG_SECONDS.set(self._lag_s())
+            m.PENDING_ROWS.set(self._pending_rows())
+            await asyncio.sleep(1.0)
 
     def _pending_rows(self) -> int:
         queued = sum(b.rows for b in self._queue._queue)  # type: ignore[attr-defined]
@@ -225,48 +265,61 @@ class IngestService:
         await self._queue.put(batch)
 
     def _invalid(self, reason: str, detail: str, topic: str, n: int = 1) -> None:
+        if not self._counting:
+            return
         m.INVALID.labels(reason=reason).inc(n)
         self._bad.warning(reason, "invalid input skipped", detail=detail, topic=topic, count=n)
 
     def _accept(self, item: Inbound) -> None:
         self._current.acks.append((item.generation, item.mid, item.qos))
+        self._add(self._current, item.topic, item.payload)
+
+    def _add(self, target: Batch, topic: str, payload: bytes) -> None:
+        """Validate one message and add what it holds to ``target`` (with the message itself, when a
+        spill may need it); invalid input is counted and skipped."""
+        counting = self._counting
         try:
-            address = parse(item.topic, self.settings.topic_root)
+            address = parse(topic, self.settings.topic_root)
         except ValueError as err:
-            self._invalid("bad_topic", str(err), item.topic)
+            self._invalid("bad_topic", str(err), topic)
             return
         if address.device == SITE_TARGET:
-            self._invalid("bad_topic", "the site target takes commands, not telemetry or status", item.topic)
+            self._invalid("bad_topic", "the site target takes commands, not telemetry or status", topic)
             return
         pair = (address.site, address.device)
         if address.channel is Channel.TELEMETRY:
-            _TELEMETRY_MESSAGES.inc()
-            payload = item.payload
+            if counting:
+                _TELEMETRY_MESSAGES.inc()
             try:
                 if payload[:4] == BINARY_MAGIC:
                     binary = parse_binary_telemetry(payload)
-                    seq, found = binary.seq, self._binary_columns(binary, item.topic)
+                    seq, found = binary.seq, self._binary_columns(binary, topic)
                 else:
                     batch = decode(TelemetryBatch, payload)
-                    seq, found = batch.seq, self._json_columns(batch, item.topic)
+                    seq, found = batch.seq, self._json_columns(batch, topic)
             except PayloadError as err:
-                self._invalid("bad_payload", err.reason, item.topic)
+                self._invalid("bad_payload", err.reason, topic)
                 return
             if found is not None:
                 # With its identity: the fast path de-duplicates by message.
-                self._current.add_columns(pair, seq, payload_digest(payload), found)
+                target.add_columns(pair, seq, payload_digest(payload), found)
+                if self._spill is not None:
+                    target.raw.append((topic, payload))
         elif address.channel is Channel.STATUS:
-            m.MESSAGES.labels(channel="status").inc()
-            if not item.payload:  # a retained status being cleared
+            if counting:
+                m.MESSAGES.labels(channel="status").inc()
+            if not payload:  # a retained status being cleared
                 return
             try:
-                status = decode(Status, item.payload)
+                status = decode(Status, payload)
             except PayloadError as err:
-                self._invalid("bad_status", err.reason, item.topic)
+                self._invalid("bad_status", err.reason, topic)
                 return
-            self._current.add_status(pair, status)
+            target.add_status(pair, status)
+            if self._spill is not None:
+                target.raw.append((topic, payload))
         else:
-            self._invalid("bad_topic", f"unexpected channel {address.channel}", item.topic)
+            self._invalid("bad_topic", f"unexpected channel {address.channel}", topic)
 
     def _window_us(self) -> tuple[int, int]:
         """The plausible reading times now, in µs since the Unix epoch: not older than retention, not
@@ -396,23 +449,99 @@ class IngestService:
     async def _write_with_retry(
         self, batch: Batch, deadline: float | None = None, writer: TelemetryWriter | None = None
     ) -> bool:
+        """Write ``batch`` (retrying with backoff until ``deadline``, or forever), or spill it once the
+        database has been away for ``spill_after_s``; True when it is committed or spilled."""
         writer = writer or self._writer
         delay = 0.2
         while True:
+            if deadline is None and await self._spilled(batch):
+                return True
             started = time.perf_counter()
             try:
                 result = await writer.write(batch)
             except (psycopg.Error, OSError) as err:
                 m.WRITE_ERRORS.inc()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 log.error(
                     "batch write failed, will retry",
                     extra={"rows": batch.rows, "retry_in_s": delay, "error": str(err).strip()[:300]},
                 )
             else:
+                self._down_since = None
                 self._record(batch, result, time.perf_counter() - started)
                 return True
             if deadline is not None and time.monotonic() + delay > deadline:
                 return False
+            await asyncio.sleep(min(delay, max(self._spill_in(), 0.05)))
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
+    def _spill_in(self) -> float:
+        """Seconds until batches are spilled (inf: not in an outage, or no spill)."""
+        if self._spill is None or self._down_since is None:
+            return float("inf")
+        return self._down_since + self.settings.ingest.spill_after_s - time.monotonic()
+
+    async def _spilled(self, batch: Batch) -> bool:
+        """Append ``batch``'s messages to the spill (fsynced) if the database has been away long enough
+        and the spill has room; True if the batch may now be acknowledged."""
+        if self._spill is None or self._spill_in() > 0 or batch.readings:  # (loose readings: tests only)
+            return False
+        if not await self._spill.append(batch.raw):
+            self._bad.warning(
+                "spill_full",
+                "spill full: messages left unacknowledged, the broker holds them",
+                spill_bytes=self._spill.bytes,
+            )
+            return False
+        return True
+
+    # -- replaying the spill --------------------------------------------------------------------------
+
+    async def _replay(self) -> None:
+        """Write the spill back, oldest segment first, in batches through the same writer path; a segment
+        is deleted once all its messages are committed. Its failures (a database still away) are the
+        probe that ends the outage: the live path spills without trying the database meanwhile."""
+        assert self._spill is not None
+        spill = self._spill
+        writer = TelemetryWriter(self.settings.db.dsn, self.resolver, application_name="lishui-ingest-replay")
+        max_rows = self.settings.ingest.batch_max_rows
+        try:
+            while True:
+                segment, records = await spill.oldest()
+                batch = Batch()
+                for i, (topic, payload) in enumerate(records):
+                    self._counting = False
+                    try:
+                        self._add(batch, topic, payload)
+                    finally:
+                        self._counting = True
+                    if batch.rows >= max_rows or i == len(records) - 1:
+                        await self._replay_batch(writer, batch)
+                        batch = Batch()
+                        await asyncio.sleep(0)  # (live traffic goes on between replayed batches)
+                await spill.release(segment)
+                log.info(
+                    "spill segment replayed",
+                    extra={"messages": segment.messages, "spill_messages": spill.messages},
+                )
+        finally:
+            await writer.close()
+
+    async def _replay_batch(self, writer: TelemetryWriter, batch: Batch) -> None:
+        delay = 0.2
+        while batch:
+            started = time.perf_counter()
+            try:
+                result = await writer.write(batch)
+            except (psycopg.Error, OSError) as err:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._bad.warning("replay_failed", "spill replay failed, will retry", error=str(err)[:300])
+            else:
+                self._down_since = None
+                self._record(batch, result, time.perf_counter() - started)
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
@@ -423,6 +552,11 @@ class IngestService:
         m.BATCH_ROWS.observe(batch.rows)
         m.COMMIT_SECONDS.observe(seconds)
         m.STATUS_UPDATES.inc(result.statuses)
+        if batch.keyed and result.inserted:
+            newest = max(msg.newest_us for msg in batch.keyed) / 1e6
+            if newest > self._newest_committed:
+                self._newest_committed = newest
+                m.NEWEST_COMMITTED.set(newest)
         if result.rejected_messages:
             m.INVALID.labels(reason="device_conflict").inc(result.rejected_messages)
             for c in result.conflicts:

@@ -128,6 +128,8 @@ class Batch:
     keyed: list[Message] = field(default_factory=list)  # messages with an identity: fast path
     statuses: dict[Pair, Status] = field(default_factory=dict)  # newest per device
     acks: list[Ack] = field(default_factory=list)
+    # The accepted messages as received (topic, payload), kept only when a spill may need them.
+    raw: list[tuple[str, bytes]] = field(default_factory=list)
     rows: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -166,6 +168,7 @@ class Batch:
         for pair, status in other.statuses.items():
             self.add_status(pair, status)
         self.acks.extend(other.acks)
+        self.raw.extend(other.raw)
         self.rows += other.rows
         self.started = min(self.started, other.started)
 

@@ -425,10 +425,11 @@ async def streaming(
     poll_s: float = 0.25,
     shared: bool = True,
     encoding: str = "json",
+    env_extra: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """A broker of the stack's own, simulators, recorder, ingest and gateway, streaming; on the way out
     everything is stopped. ``shared=False``: ingest on a plain subscription (``share_group`` empty);
-    ``encoding``: the gateway's telemetry encoding."""
+    ``encoding``: the gateway's telemetry encoding; ``env_extra``: more settings for both services."""
     run = uuid.uuid4().hex[:6]
     root = f"lishui-chaos-{tag}-{run}"
     specs = generate_devices("pv_inverter", devices, prefix=f"chaos-{tag}-{run}", site=f"chaos-{tag}-{run}")
@@ -447,6 +448,7 @@ async def streaming(
         "LISHUI_INGEST__BATCH_MAX_DELAY_S": "0.3",
         "LISHUI_INGEST__ROLLUP_INTERVAL_S": "2",
         "LISHUI_LOG_LEVEL": "INFO",
+        **(env_extra or {}),
     }
     await broker.start()
     async with contextlib.AsyncExitStack() as cleanup:

@@ -83,19 +83,38 @@ async def test_broker_restart_loses_nothing(services: None, db_dsn: str, tmp_pat
 
 
 async def test_database_away_30s_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
-    async with streaming("database", cluster.dsn, tmp_path) as stack:
+    """Ingest spills to disk once writes have failed for 2 s (acknowledging what is fsynced, so the broker's
+    queue drains); it is killed (-9) while it holds a spill and started again; when the database is back
+    the spill is replayed and every reading is in the hypertable exactly once."""
+    spill_dir = tmp_path / "ingest-spill"
+    spill = {"LISHUI_INGEST__SPILL_DIR": str(spill_dir), "LISHUI_INGEST__SPILL_AFTER_S": "2"}
+    async with streaming("database", cluster.dsn, tmp_path, env_extra=spill) as stack:
         t0 = time.monotonic()
+
+        def segments() -> list[Path]:
+            return list(spill_dir.glob("*/seg-*.log"))
+
         try:
             await cluster.stop()
             rows_before = stack.recorder.count()
-            await asyncio.sleep(30)
+            await eventually(lambda: bool(segments()), 20, "ingest to spill")
+            await asyncio.sleep(max(0.0, 15 - (time.monotonic() - t0)))
+            stack.ingest.kill9()  # holding a spill: it is found and replayed at the next start
+            stack.ingest.start()
+            await asyncio.sleep(max(0.0, 30 - (time.monotonic() - t0)))
             assert stack.recorder.count() > rows_before, "the stream goes on while the database is away"
+            assert segments(), "the spill is held while the database is away"
         finally:
             await cluster.start()
         stack.timings["db_down_s"] = round(time.monotonic() - t0, 1)
         await stack.flowing(within=90)
         stack.timings["recovered_s"] = round(time.monotonic() - t0, 1)
+        await eventually(lambda: not segments(), 60, "the spill to be replayed")
+        stack.timings["spill_replayed_s"] = round(time.monotonic() - t0, 1)
         counts = await finish(stack)
+        log_text = (tmp_path / "ingest.log").read_text(errors="replace")
+        assert "spill found at start" in log_text and "spill segment replayed" in log_text
+        counts["spill_segments_replayed"] = log_text.count("spill segment replayed")
     report("database away 30 s", counts, stack.timings)
 
 
