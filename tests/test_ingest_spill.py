@@ -123,7 +123,8 @@ async def test_database_away_spills_acknowledges_and_catches_up_exactly_once(
             "spill_after_s": 0.5,
         }
     )
-    live = settings.model_copy(update={"ingest": cfg})
+    # A topic root of its own: retained statuses of earlier tests' devices would be spilled too.
+    live = settings.model_copy(update={"ingest": cfg, "topic_root": _key("spill")})
     away = live.model_copy(update={"db": live.db.model_copy(update={"dsn": UNREACHABLE_DSN})})
     client_id = _key("spill-ingest")
     site, device = _key("site"), _key("pv")
