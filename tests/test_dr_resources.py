@@ -143,7 +143,7 @@ def test_storage_valley_filling_bounded_by_headroom() -> None:
 def test_ev_site_flexibility_above_floor_and_site_command() -> None:
     ev = EvChargingSite("lpu-charging", tier=7, charging_kw=600, floor_kw=150, site_limit_kw=1000)
     assert ev.flexibility(Direction.REDUCE, HOUR).available_kw == 450
-    assert ev.flexibility(Direction.RAISE, HOUR).available_kw == 400
+    assert ev.flexibility(Direction.RAISE, HOUR).available_kw == 0  # a limit cannot make EVs draw more
     sent = ev.command(Direction.REDUCE, 500, hold_s=60, expires_at=None)
     assert (sent.site, sent.device) == ("lpu-charging", SITE_TARGET)
     assert sent.command.op == "set_site_charging_limit"

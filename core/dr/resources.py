@@ -6,8 +6,8 @@ the event*:
 - ``Direction.REDUCE`` (peak shaving): lower the net load the grid sees — raise hydro output, discharge
   storage (or stop charging), curtail flexible load, lower EV charging;
 - ``Direction.RAISE`` (valley filling, 填谷): raise the net load — lower hydro output (water is kept for
-  later), charge storage (or stop discharging), raise flexible load (its load-raise setpoint), raise
-  EV charging.
+  later), charge storage (or stop discharging), raise flexible load (its load-raise setpoint). EV
+  charging is a lever for peak shaving only: a site limit caps charging, it cannot make EVs draw more.
 
 Dispatch amounts are relative to a *reference* operating point taken when the event starts (the
 ``output_kw`` / ``power_kw`` / ``load_kw`` fields), so re-dispatching every cycle never drifts.
@@ -348,7 +348,9 @@ class EvChargingSite:
         elif direction is Direction.REDUCE:
             available = self.charging_kw - self.floor_kw
         else:
-            available = self.site_limit_kw - self.charging_kw
+            # A site limit only caps charging: lifting it makes no EV draw more, so there is nothing to
+            # promise for valley filling (the sessions' own demand is what it is).
+            available = 0.0
         return Flexibility(
             self.resource_id,
             self.kind,
